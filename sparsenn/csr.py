@@ -1,0 +1,187 @@
+"""CSR storage: the one vocabulary for sparse weights in sparsenn.
+
+A sparse weight matrix ``W`` of shape ``(n_out, n_in)`` (PyTorch orientation: row = output
+neuron, column = input feature) is held as four things::
+
+    indptr   int32   (n_out + 1,)   row r owns entries indptr[r] : indptr[r+1]
+    indices  int32   (nnz,)         column of each entry; sorted and unique within a row
+    data     float32 (nnz,)         the weights
+    shape    (n_out, n_in)
+
+That is the *canonical form*. :func:`check_csr` is the single place that checks it.
+
+The transpose of the pattern (CSC) is built once per pattern by :func:`transpose_index`:
+``t_indptr`` (n_in+1,), ``t_rows`` (nnz,) and ``t_perm`` (nnz,) such that column ``c`` of ``W``
+holds the entries ``data[t_perm[t_indptr[c]:t_indptr[c+1]]]`` in rows
+``t_rows[t_indptr[c]:t_indptr[c+1]]`` (rows increasing). With it ``dx = W^T dy`` is a gather
+per input feature: no atomics, no scatter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def check_csr(indptr, indices, data, shape, name: str = "CSR matrix") -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first way the arrays break canonical form.
+
+    ``data`` may be ``None`` (checking a pattern only). Cost: O(n_out + nnz).
+    """
+    if len(shape) != 2 or any(int(s) < 0 for s in shape):
+        raise ValueError(f"{name}: shape must be two non-negative ints, got {tuple(shape)}")
+    n_out, n_in = int(shape[0]), int(shape[1])
+    indptr = np.asarray(indptr)
+    indices = np.asarray(indices)
+    for arr, what in ((indptr, "indptr"), (indices, "indices")):
+        if arr.ndim != 1:
+            raise ValueError(f"{name}: {what} must be 1-D, got shape {arr.shape}")
+        if arr.dtype != np.int32:
+            raise TypeError(f"{name}: {what} must be int32, got {arr.dtype}")
+    if indptr.shape[0] != n_out + 1:
+        raise ValueError(
+            f"{name}: indptr must have n_out+1 = {n_out + 1} entries, got {indptr.shape[0]}"
+        )
+    if indptr[0] != 0:
+        raise ValueError(f"{name}: indptr[0] must be 0, got {indptr[0]}")
+    steps = np.diff(indptr)
+    if np.any(steps < 0):
+        r = int(np.argmax(steps < 0))
+        raise ValueError(
+            f"{name}: indptr must be non-decreasing (indptr[{r}]={indptr[r]} > "
+            f"indptr[{r + 1}]={indptr[r + 1]})"
+        )
+    nnz = int(indptr[-1])
+    if indices.shape[0] != nnz:
+        raise ValueError(
+            f"{name}: indices must have indptr[-1] = {nnz} entries, got {indices.shape[0]}"
+        )
+    if nnz:
+        if indices.min() < 0:
+            raise ValueError(f"{name}: indices must be >= 0, got {indices.min()}")
+        if indices.max() >= n_in:
+            raise ValueError(f"{name}: indices must be < n_in = {n_in}, got {indices.max()}")
+        # Within a row, consecutive indices must strictly increase; the row boundaries are
+        # the only places where a decrease is allowed.
+        d = np.diff(indices.astype(np.int64))
+        row_start = np.zeros(nnz, dtype=bool)
+        starts = indptr[:-1][steps > 0]
+        row_start[starts] = True
+        bad = (d <= 0) & ~row_start[1:]
+        if np.any(bad):
+            k = int(np.argmax(bad)) + 1
+            r = int(np.searchsorted(indptr, k, side="right") - 1)
+            what = "duplicate" if d[k - 1] == 0 else "unsorted"
+            raise ValueError(
+                f"{name}: indices must be sorted and unique within each row "
+                f"({what} column {indices[k]} in row {r})"
+            )
+    if data is not None:
+        data = np.asarray(data)
+        if data.dtype != np.float32:
+            raise TypeError(f"{name}: data must be float32, got {data.dtype}")
+        if data.shape != (nnz,):
+            raise ValueError(f"{name}: data must have shape ({nnz},), got {data.shape}")
+
+
+def transpose_index(indptr, indices, n_in: int):
+    """Build the CSC view of a CSR pattern: ``(t_indptr, t_rows, t_perm)``.
+
+    ``t_indptr``: int32 (n_in+1,); ``t_rows``: int32 (nnz,), the row of each entry, grouped by
+    column and increasing within a column; ``t_perm``: int32 (nnz,), the position of that entry
+    in ``data``. Cost O(nnz + n_in) (a stable counting sort by column). Build once per pattern.
+    """
+    n_out = len(indptr) - 1
+    nnz = int(indptr[-1])
+    rows = np.repeat(np.arange(n_out, dtype=np.int32), np.diff(indptr))  # row of each entry
+    perm = np.argsort(indices, kind="stable").astype(np.int32)  # stable: rows stay increasing
+    counts = np.bincount(indices, minlength=n_in) if nnz else np.zeros(n_in, dtype=np.int64)
+    t_indptr = np.zeros(n_in + 1, dtype=np.int32)
+    np.cumsum(counts, out=t_indptr[1:])
+    return t_indptr, rows[perm].astype(np.int32), perm
+
+
+def balanced_row_splits(indptr, n_parts: int) -> np.ndarray:
+    """Split rows into ``n_parts`` contiguous chunks of about equal *nonzero* count.
+
+    Returns int64 ``bounds`` of length ``n_parts+1``: chunk p is rows bounds[p]:bounds[p+1].
+    Pruned layers have very uneven rows, so splitting by row count would leave one thread
+    with most of the work. Rows are never split, so a row's outputs have one writer.
+    """
+    n_out = len(indptr) - 1
+    nnz = int(indptr[-1])
+    if n_parts <= 1 or n_out == 0:
+        return np.array([0, n_out], dtype=np.int64)
+    # Weight each row by nnz + a constant so empty rows (which still write their output
+    # row) are also spread, then cut at equal fractions of the running total.
+    cost = np.diff(indptr).astype(np.int64) + 1
+    cum = np.concatenate(([0], np.cumsum(cost)))
+    targets = cum[-1] * np.arange(1, n_parts) / n_parts
+    cuts = np.searchsorted(cum, targets, side="left")
+    bounds = np.concatenate(([0], cuts, [n_out])).astype(np.int64)
+    return np.maximum.accumulate(np.clip(bounds, 0, n_out))
+
+
+@dataclass
+class CSRPattern:
+    """A canonical CSR pattern with its transpose index, built once and reused.
+
+    ``indptr``/``indices``: the pattern; ``t_indptr``/``t_rows``/``t_perm``: its transpose
+    (see :func:`transpose_index`); ``shape``: ``(n_out, n_in)``.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    shape: tuple
+    t_indptr: np.ndarray
+    t_rows: np.ndarray
+    t_perm: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, indptr, indices, shape, name: str = "pattern") -> "CSRPattern":
+        indptr = np.ascontiguousarray(indptr, dtype=np.int32)
+        indices = np.ascontiguousarray(indices, dtype=np.int32)
+        shape = (int(shape[0]), int(shape[1]))
+        check_csr(indptr, indices, None, shape, name=name)
+        t_indptr, t_rows, t_perm = transpose_index(indptr, indices, shape[1])
+        return cls(indptr, indices, shape, t_indptr, t_rows, t_perm)
+
+    @classmethod
+    def from_mask(cls, mask, name: str = "mask") -> "CSRPattern":
+        """From a boolean ``(n_out, n_in)`` mask: a dense array or any ``scipy.sparse`` matrix."""
+        if sp.issparse(mask):
+            m = sp.csr_matrix(mask)
+            m.eliminate_zeros()
+            m.sum_duplicates()
+            m.sort_indices()
+        else:
+            mask = np.asarray(mask)
+            if mask.ndim != 2:
+                raise ValueError(f"{name} must be 2-D (n_out, n_in), got shape {mask.shape}")
+            m = sp.csr_matrix(mask.astype(bool))
+        return cls.from_arrays(m.indptr, m.indices, m.shape, name=name)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    @property
+    def density(self) -> float:
+        n = self.shape[0] * self.shape[1]
+        return self.nnz / n if n else 0.0
+
+    def row_of_entry(self) -> np.ndarray:
+        """int32 (nnz,): the row (output neuron) of each stored entry."""
+        return np.repeat(np.arange(self.shape[0], dtype=np.int32), np.diff(self.indptr))
+
+    def to_scipy(self, data=None) -> sp.csr_matrix:
+        """The pattern (boolean) or, with ``data``, the weights as a ``scipy.sparse.csr_matrix``."""
+        if data is None:
+            data = np.ones(self.nnz, dtype=bool)
+        return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
+
+    def nbytes(self) -> int:
+        """Bytes to store the weights in CSR: indptr + indices + float32 data."""
+        return self.indptr.nbytes + self.indices.nbytes + 4 * self.nnz
