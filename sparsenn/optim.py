@@ -1,0 +1,175 @@
+"""Optimisers: SGD (momentum, Nesterov, weight decay) and Adam.
+
+Each optimiser keeps its state in arrays aligned with each parameter's ``value``: for a sparse
+layer that is the ``data`` array of its CSR weights, so a connection that does not exist has
+no momentum, no Adam moments and no weight decay, and can never come into existence.
+When pruning removes entries, ``compact(param, kept)`` drops the matching state.
+
+The updates are fused Numba kernels (one pass over memory per parameter) with NumPy twins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def sgd_update(w, g, v, lr, momentum, weight_decay, nesterov):
+    """In place, elementwise over w[n], g[n], v[n] (flattened views):
+
+        g' = g + weight_decay * w
+        v  = momentum * v + g'
+        w -= lr * (g' + momentum * v)   if nesterov   else   lr * v
+
+    With momentum 0, v is just g' and this is plain SGD. Cost O(n).
+    """
+    for i in prange(w.shape[0]):
+        gi = g[i] + weight_decay * w[i]
+        vi = momentum * v[i] + gi
+        v[i] = vi
+        if nesterov:
+            w[i] -= lr * (gi + momentum * vi)
+        else:
+            w[i] -= lr * vi
+
+
+def sgd_update_ref(w, g, v, lr, momentum, weight_decay, nesterov):
+    """NumPy twin of :func:`sgd_update` (in place)."""
+    gi = g + weight_decay * w
+    v[...] = momentum * v + gi
+    w -= lr * (gi + momentum * v) if nesterov else lr * v
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+    """In place, elementwise (Kingma & Ba, with L2 weight decay added to the gradient):
+
+        g' = g + weight_decay * w
+        m  = beta1 * m + (1 - beta1) * g'
+        v  = beta2 * v + (1 - beta2) * g'^2
+        w -= lr * (m / bc1) / (sqrt(v / bc2) + eps)      bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
+    """
+    for i in prange(w.shape[0]):
+        gi = g[i] + weight_decay * w[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        w[i] -= lr * (mi / bc1) / (np.sqrt(vi / bc2) + eps)
+
+
+def adam_update_ref(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+    """NumPy twin of :func:`adam_update` (in place)."""
+    gi = g + weight_decay * w
+    m[...] = beta1 * m + (1 - beta1) * gi
+    v[...] = beta2 * v + (1 - beta2) * gi * gi
+    w -= lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+
+
+def _flat(a):
+    return a.reshape(-1)  # a view: parameters and their state are always contiguous
+
+
+class Optimizer:
+    """Common parts: the parameter list, per-parameter state, checkpointing, compaction."""
+
+    state_names: tuple = ()
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got no parameters")
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.steps = 0
+        self.state = [{n: np.zeros_like(p.value) for n in self.state_names} for p in self.params]
+
+    def _index(self, param) -> int:
+        for i, p in enumerate(self.params):
+            if p is param:
+                return i
+        raise ValueError(f"{param!r} is not managed by this optimizer")
+
+    def compact(self, param, kept: np.ndarray) -> None:
+        """After ``param.value`` was compacted to the entries ``kept``, drop the others' state."""
+        i = self._index(param)
+        for n, arr in self.state[i].items():
+            self.state[i][n] = np.ascontiguousarray(arr[kept])
+
+    def state_dict(self) -> dict:
+        """Flat dict of arrays for a checkpoint (keys ``optim.{i}.{name}``, plus ``optim.steps``)."""
+        out = {"optim.steps": np.int64(self.steps)}
+        for i, st in enumerate(self.state):
+            for n, arr in st.items():
+                out[f"optim.{i}.{n}"] = arr
+        return out
+
+    def load_state_dict(self, d) -> None:
+        self.steps = int(d["optim.steps"])
+        for i, (p, st) in enumerate(zip(self.params, self.state)):
+            for n in st:
+                arr = np.asarray(d[f"optim.{i}.{n}"])
+                if arr.shape != p.value.shape:
+                    raise ValueError(f"optimizer state {n} of {p.name}: shape {arr.shape} != parameter {p.value.shape}")
+                st[n] = arr.astype(p.value.dtype, copy=True)
+
+    def zero_state(self) -> None:
+        for st in self.state:
+            for arr in st.values():
+                arr[...] = 0
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
+
+    Weight decay applies only to parameters with ``decay=True`` (weights, not biases).
+    """
+
+    state_names = ("velocity",)
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def step(self) -> None:
+        self.steps += 1
+        for p, st in zip(self.params, self.state):
+            wd = self.weight_decay if p.decay else 0.0
+            sgd_update(_flat(p.value), _flat(p.grad), _flat(st["velocity"]),
+                       self.lr, self.momentum, wd, self.nesterov)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015) with L2 weight decay on parameters with ``decay=True``."""
+
+    state_names = ("m", "v")
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+
+    def step(self) -> None:
+        self.steps += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+        for p, st in zip(self.params, self.state):
+            wd = self.weight_decay if p.decay else 0.0
+            adam_update(_flat(p.value), _flat(p.grad), _flat(st["m"]), _flat(st["v"]),
+                        self.lr, b1, b2, self.eps, wd, bc1, bc2)
