@@ -174,3 +174,33 @@ def softmax_xent_ref(logits, labels):
     d = np.exp(logp)
     d[labels, cols] -= 1.0
     return float(loss), d / batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Mini-batch gather: batch-major dataset rows -> a features-major batch
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def gather_batch(data, idx, out):
+    """out[f, b] = data[idx[b], f]: pick rows of a batch-major dataset into a features-major batch.
+
+    data[n, n_features] C-contiguous (one sample per row), idx[batch] ints in [0, n),
+    out[n_features, batch]: overwritten. Cost O(n_features * batch).
+    Each thread owns a block of 64 features (64 output rows), so writes never overlap; within
+    a block, each sample's 64 features are one contiguous read.
+    """
+    n_features = out.shape[0]
+    batch = idx.shape[0]
+    for blk in prange((n_features + 63) // 64):
+        f0 = blk * 64
+        f1 = min(n_features, f0 + 64)
+        for b in range(batch):
+            row = data[idx[b]]
+            for f in range(f0, f1):
+                out[f, b] = row[f]
+
+
+def gather_batch_ref(data, idx):
+    """NumPy twin of :func:`gather_batch`."""
+    return np.ascontiguousarray(data[idx].T)

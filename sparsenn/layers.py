@@ -201,6 +201,18 @@ class SparseLinear(Layer):
         """The weights as a dense ``(n_out, n_in)`` array (zeros where no connection exists)."""
         return self.pattern.to_scipy(self.weight.value).toarray()
 
+    def set_pattern(self, pattern: CSRPattern, weights: np.ndarray) -> None:
+        """Replace the pattern and its weights (nnz,), e.g. when loading a checkpoint."""
+        if pattern.shape != self.shape:
+            raise ValueError(f"{self.name}: pattern shape {pattern.shape} != layer shape {self.shape}")
+        weights = np.asarray(weights)
+        if weights.shape != (pattern.nnz,):
+            raise ValueError(f"{self.name}: weights must have shape ({pattern.nnz},), got {weights.shape}")
+        self.pattern = pattern
+        self.weight.value = np.ascontiguousarray(weights, dtype=self.dtype)
+        self.weight.grad = np.zeros_like(self.weight.value)
+        self._reset_buffers()
+
     def prune(self, keep: np.ndarray) -> np.ndarray:
         """Remove the stored entries where ``keep`` (bool, (nnz,)) is False.
 
@@ -215,10 +227,8 @@ class SparseLinear(Layer):
         p = self.pattern
         row_counts = np.bincount(p.row_of_entry()[kept], minlength=p.shape[0])
         indptr = np.concatenate(([0], np.cumsum(row_counts))).astype(np.int32)
-        self.pattern = CSRPattern.from_arrays(indptr, p.indices[kept], p.shape, name=f"{self.name} pattern")
-        self.weight.value = np.ascontiguousarray(self.weight.value[kept])
-        self.weight.grad = np.zeros_like(self.weight.value)
-        self._reset_buffers()
+        pattern = CSRPattern.from_arrays(indptr, p.indices[kept], p.shape, name=f"{self.name} pattern")
+        self.set_pattern(pattern, self.weight.value[kept])
         return kept
 
     def __repr__(self):

@@ -1,0 +1,221 @@
+"""The training loop: seeded mini-batches, SGD/Adam, evaluation, metrics, checkpoints, resume.
+
+    for each epoch:                                    perm = permutation of the training set,
+        for each mini-batch of ``batch_size``:             drawn from (seed, epoch) alone
+            x = gather(train_x, perm[batch])           x: (n_features, batch), features-major
+            loss = xent(model.forward(x), labels)      forward
+            model.backward(dloss)                      backward (hand-written, layer by layer)
+            optimizer.step()                           update stored weights only
+        evaluate on the test set, write a metrics line, save a checkpoint
+
+The data order depends only on (seed, epoch), so a run resumed from a checkpoint at step s
+sees exactly the batches it would have seen had it never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sparsenn import checkpoint as ckpt_io
+from sparsenn.kernels import gather_batch
+from sparsenn.loss import SoftmaxCrossEntropy
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+@dataclass
+class ArrayData:
+    """Training and test sets, ready for the loop.
+
+    x_train: float32 (n_train, n_features) *batch-major*, C-contiguous: one sample per row,
+    so a mini-batch gather reads whole rows; the batch itself is built features-major.
+    y_train: int64 (n_train,); x_test, y_test likewise.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, ds) -> "ArrayData":
+        """From a ``sparsenn.data.Dataset``: normalise with its mean/std (``to_features_major``)."""
+        from sparsenn.data import to_features_major
+
+        def prep(images):
+            # to_features_major is the one place pixels become floats; the loop wants rows.
+            return np.ascontiguousarray(to_features_major(images, ds.mean, ds.std).T)
+
+        return cls(prep(ds.train_images), ds.train_labels.astype(np.int64),
+                   prep(ds.test_images), ds.test_labels.astype(np.int64))
+
+    def __post_init__(self):
+        for name in ("x_train", "x_test"):
+            x = getattr(self, name)
+            if x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
+                raise ValueError(f"{name} must be float32 (n, n_features) C-contiguous, got {x.dtype} {x.shape}")
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"{name} contains NaN or infinite values")
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError("each x must have one label per row")
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The data order of one epoch, a function of (seed, epoch) only (so resuming repeats it)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def evaluate(model, x, y, batch_size: int = 2000):
+    """(accuracy, mean loss) of ``model`` on batch-major ``x`` (n, n_features), labels ``y``."""
+    loss_fn = SoftmaxCrossEntropy()
+    n = len(x)
+    correct, total_loss = 0, 0.0
+    buf = None
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(n, start + batch_size))
+        if buf is None or buf.shape[1] != len(idx):
+            buf = np.empty((x.shape[1], len(idx)), dtype=np.float32)
+        gather_batch(x, idx, buf)
+        logits = model.forward(buf)  # (n_classes, batch)
+        total_loss += loss_fn.forward(logits, y[idx]) * len(idx)
+        correct += int(np.sum(np.argmax(logits, axis=0) == y[idx]))
+    return correct / n, total_loss / n
+
+
+def model_nnz(model) -> tuple[int, int]:
+    """(stored connections, connections of the dense equivalent) over all weight layers."""
+    nnz = sum(l.nnz for l in model.weight_layers())
+    full = sum(l.shape[0] * l.shape[1] for l in model.weight_layers())
+    return nnz, full
+
+
+def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size: int, seed: int,
+        eval_every: int = 0, metrics_path=None, save_path=None, save_every: int = 0, resume=None,
+        config: dict | None = None, callbacks=(), progress: bool = True, log=print) -> dict:
+    """Train ``model`` and return a summary dict.
+
+    schedule: step -> learning rate (``sparsenn.schedules``). eval_every: also evaluate on the
+    test set every that many steps (0: only at epoch ends). save_path: checkpoint written
+    atomically at each epoch end and every ``save_every`` steps. resume: a checkpoint path to
+    continue from. callbacks: objects with ``on_step_end(step, model, optimizer)`` (e.g.
+    gradual pruning). Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    n = len(data.x_train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+    config = dict(config or {})
+    step = 0
+    if resume is not None:
+        ck = ckpt_io.read_checkpoint(resume)
+        ckpt_io.restore(ck, model, optimizer, source=os.fspath(resume))
+        step = int(ck["step"])
+        log(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch + 1})")
+    metrics_file = open(metrics_path, "a") if metrics_path else None
+    loss_fn = SoftmaxCrossEntropy()
+    x_buf = np.empty((data.x_train.shape[1], batch_size), dtype=np.float32)
+    last_good = resume
+    epoch_times, history = [], []
+
+    def write(record):
+        history.append(record)
+        if metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+    def save(epoch):
+        nonlocal last_good
+        if save_path:
+            ckpt_io.save_checkpoint(save_path, model, optimizer, step=step, epoch=epoch,
+                                    config=config, meta={"seed": seed})
+            last_good = save_path
+
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            perm = epoch_permutation(seed, epoch, n)
+            first = step - epoch * steps_per_epoch
+            losses = []
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                       disable=not progress, leave=False, file=sys.stderr, mininterval=0.5)
+            t_epoch = t_bar = time.perf_counter()
+            t_eval = 0.0
+            for b in range(first, steps_per_epoch):
+                idx = perm[b * batch_size:(b + 1) * batch_size]
+                x = x_buf if len(idx) == batch_size else np.empty((x_buf.shape[0], len(idx)), np.float32)
+                gather_batch(data.x_train, idx, x)  # x: (n_features, batch)
+                optimizer.lr = schedule(step)
+                loss = loss_fn.forward(model.forward(x), data.y_train[idx])
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {step + 1} (epoch {epoch + 1}, lr {optimizer.lr:g}); "
+                        + (f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved")
+                    )
+                model.backward(loss_fn.backward())
+                optimizer.step()
+                step += 1
+                losses.append(loss)
+                for cb in callbacks:
+                    cb.on_step_end(step, model, optimizer)
+                if progress and (b + 1 - first) % 25 == 0:
+                    now = time.perf_counter()
+                    bar.update(25)
+                    bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}",
+                                    img_s=f"{25 * batch_size / (now - t_bar):,.0f}", refresh=False)
+                    t_bar = now
+                if eval_every and step % eval_every == 0 and step % steps_per_epoch:
+                    t0 = time.perf_counter()
+                    acc, test_loss = evaluate(model, data.x_test, data.y_test)
+                    nnz, full = model_nnz(model)
+                    write({"kind": "eval", "epoch": epoch + 1, "step": step,
+                           "train_loss": float(np.mean(losses[-eval_every:])), "test_acc": acc,
+                           "test_loss": test_loss, "lr": optimizer.lr, "nnz": nnz, "density": nnz / full})
+                    t_eval += time.perf_counter() - t0
+                if save_every and step % save_every == 0 and step % steps_per_epoch:
+                    t0 = time.perf_counter()
+                    save(epoch)
+                    t_eval += time.perf_counter() - t0
+            bar.close()
+            seconds = time.perf_counter() - t_epoch - t_eval
+            epoch_times.append(seconds)
+            acc, test_loss = evaluate(model, data.x_test, data.y_test)
+            nnz, full = model_nnz(model)
+            rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+                   "test_acc": acc, "test_loss": test_loss, "lr": optimizer.lr,
+                   "epoch_seconds": seconds, "steps_timed": len(losses), "nnz": nnz, "density": nnz / full}
+            write(rec)
+            log(f"epoch {epoch + 1:>3}/{epochs}  step {step:>6}  loss {rec['train_loss']:.4f}  "
+                f"test_acc {100 * acc:6.2f}%  lr {optimizer.lr:.4g}  {seconds:6.2f} s "
+                f"({len(losses) * batch_size / max(seconds, 1e-9):,.0f} img/s)")
+            save(epoch + 1)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+    if not history:  # resumed a finished run: just report where it stands
+        acc, test_loss = evaluate(model, data.x_test, data.y_test)
+    else:
+        acc = history[-1]["test_acc"]
+    epoch_recs = [r for r in history if r["kind"] == "epoch"]
+    nnz, full = model_nnz(model)
+    return {
+        "test_acc": acc,
+        "best_test_acc": max([r["test_acc"] for r in epoch_recs], default=acc),
+        "epochs": epochs,
+        "steps": step,
+        "epoch_seconds_median": float(np.median(epoch_times)) if epoch_times else None,
+        "epoch_seconds": epoch_times,
+        "nnz": nnz,
+        "density": nnz / full,
+        "history": history,
+    }
