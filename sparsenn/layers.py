@@ -16,6 +16,7 @@ import numpy as np
 from sparsenn import init as initializers
 from sparsenn.csr import CSRPattern, balanced_row_splits
 from sparsenn.kernels import sddmm, spmm
+from sparsenn.runtime import matmul
 
 
 class Parameter:
@@ -85,7 +86,7 @@ class Linear(Layer):
         _check_input(x, self.shape[1], self.dtype, self.name)
         if self._out is None or self._out.shape[1] != x.shape[1]:
             self._out = np.empty((self.shape[0], x.shape[1]), dtype=self.dtype)
-        np.matmul(self.weight.value, x, out=self._out)
+        matmul(self.weight.value, x, self._out)
         if self.bias is not None:
             self._out += self.bias.value[:, None]
         self._x = x
@@ -97,14 +98,14 @@ class Linear(Layer):
         dy: (n_out, batch) -> dx: (n_in, batch), or None when ``need_dx`` is False.
         """
         x = self._x
-        np.matmul(dy, x.T, out=self.weight.grad)
+        matmul(dy, x.T, self.weight.grad)
         if self.bias is not None:
             np.sum(dy, axis=1, out=self.bias.grad)
         if not need_dx:
             return None
         if self._dx is None or self._dx.shape != x.shape:
             self._dx = np.empty_like(x)
-        np.matmul(self.weight.value.T, dy, out=self._dx)
+        matmul(self.weight.value.T, dy, self._dx)
         return self._dx
 
     def __repr__(self):

@@ -1,0 +1,455 @@
+"""Time the sparse-layer kernels against scipy.sparse, dense NumPy and (if installed) PyTorch.
+
+A benchmark, not a test: timings on a shared machine are noisy, and the exit code is 0 whatever
+the targets say unless ``--check`` is given. Run: python examples/bench_kernels.py [--json PATH]
+
+For a weight matrix ``W`` (rows x cols) = (n_out, n_in) and features-major activations
+``x: (n_in, batch)``, ``dy: (n_out, batch)``, each implementation does the three products of a
+sparse layer's training step, exactly as ``sparsenn.layers.SparseLinear`` calls them:
+
+  forward         y  = W x       sparsenn: spmm on W;  scipy: W_csr @ x;  dense NumPy: W @ x;
+                                 torch: W_csr @ x
+  backward_input  dx = W^T dy    sparsenn: take(data, t_perm) + spmm on the transpose index;
+                                 scipy: W.T.tocsr() @ dy;  dense NumPy: W.T @ dy;
+                                 torch: CSR of W^T @ dy  (every transpose built once, like ours)
+  weight_grad     dW = dy x^T    sparsenn: sddmm;  scipy: not timed (no SDDMM, see _scipy_ops);
+                  on W's pattern dense NumPy: dy @ x.T;  torch: torch.sparse.sampled_addmm
+
+Every implementation is charged the same *useful* work, 2 * nnz * batch flops: dense NumPy
+does rows * cols * batch multiply-adds, but only the nnz of them that touch a stored weight
+count. So GFLOP/s compares like with like, and the dense figure falls as the density falls.
+
+Method: all in one process; for each (case, op, implementation) one warm-up call, whose result
+is checked against a float64 NumPy product (a wrong kernel cannot post a fast time), then calls
+until MIN_TIME has passed or MAX_CALLS were made, but at least MIN_CALLS; the median is reported.
+PyTorch is imported and timed last: its OpenMP pool spins after each call and would steal
+cores from the others.
+
+Targets (checked from this run's ratios, printed as PASS/FAIL):
+  * forward: sparsenn >= 2x faster than scipy.sparse on every case with density <= 0.1;
+  * weight_grad: sparsenn faster than dense ``dy @ x.T`` at density <= 0.1, >= 10x on 4096x4096 d=0.01;
+  * forward on 4096x4096 d=0.01: sparsenn >= 10x faster than dense ``W @ x``.
+"""
+
+from __future__ import annotations
+
+import sparsenn  # first: it sets OpenBLAS's thread timeout before NumPy/SciPy start their BLAS pools
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import scipy
+import scipy.sparse as sp
+
+from sparsenn.csr import CSRPattern, balanced_row_splits
+from sparsenn.kernels import sddmm, spmm
+from sparsenn.runtime import thread_info
+
+# ---------------------------------------------------------------------------------------------
+# Defaults, and why
+# ---------------------------------------------------------------------------------------------
+BATCH = 128  # a typical training minibatch; every case uses it
+SEED = 0  # each case's pattern, weights, x and dy come from default_rng([SEED, rows, cols, nnz])
+MIN_TIME = 0.2  # seconds of calls per (case, op, impl): enough for a stable median ...
+MAX_CALLS = 200  # ... but fast kernels stop here ...
+MIN_CALLS = 10  # ... and slow ones (dense 4096x4096, scipy) still get this many
+QUICK = dict(min_time=0.02, max_calls=20, min_calls=3)  # --quick: for tests, seconds not minutes
+OPS = ("forward", "backward_input", "weight_grad")
+IMPLS = ("sparsenn", "scipy", "dense_numpy", "torch")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A weight matrix (rows, cols) = (n_out, n_in): random nnz = density * rows * cols,
+    or exactly ``per_row`` nonzeros in every row (random columns) when that is given."""
+
+    rows: int
+    cols: int
+    density: float
+    per_row: int | None = None
+
+    @property
+    def nnz(self) -> int:
+        return self.rows * self.per_row if self.per_row else round(self.density * self.rows * self.cols)
+
+    @property
+    def shape(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.shape} " + (f"{self.per_row}/row" if self.per_row else f"d={self.density:g}")
+
+
+CASES = [
+    Case(300, 784, 1.0),  # LeNet-300-100's first layer, dense ...
+    Case(300, 784, 0.1),  # ... and pruned to 10% and 1%
+    Case(300, 784, 0.01),
+    Case(100, 300, 0.1),  # LeNet-300-100's second layer at 10%
+    Case(1024, 1024, 32 / 1024, per_row=32),  # fixed fan-in, like a RadiX-Net / Graph Challenge layer
+    Case(4096, 4096, 0.01),  # a big layer: where sparsity has to pay off
+    Case(4096, 4096, 0.1),  # skipped by --quick (the slowest case by far for scipy and dense)
+]
+SWEEP = Case(300, 784, 1.0)  # forward only: at what density does sparsenn stop beating dense?
+SWEEP_DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operands: a random canonical CSR pattern with its transpose index, weights, x and dy
+# ---------------------------------------------------------------------------------------------
+
+
+def make_operands(case: Case):
+    """Return ``(pattern, data[nnz], x[cols, BATCH], dy[rows, BATCH])``, all float32, seeded."""
+    rng = np.random.default_rng([SEED, case.rows, case.cols, case.nnz])
+    if case.per_row:
+        # a random permutation of the columns per row, keep the first per_row: exact fan-in
+        indices = np.sort(np.argsort(rng.random((case.rows, case.cols)), axis=1)[:, : case.per_row], axis=1)
+        indptr = np.arange(case.rows + 1) * case.per_row
+    else:
+        # nnz distinct positions of the flattened matrix; sorted, they are row-major CSR order
+        flat = np.sort(rng.choice(case.rows * case.cols, size=case.nnz, replace=False))
+        indices = flat % case.cols
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(flat // case.cols, minlength=case.rows))))
+    pattern = CSRPattern.from_arrays(indptr, indices.ravel(), (case.rows, case.cols))
+    data = rng.standard_normal(pattern.nnz, dtype=np.float32)
+    x = rng.standard_normal((case.cols, BATCH), dtype=np.float32)
+    dy = rng.standard_normal((case.rows, BATCH), dtype=np.float32)
+    return pattern, data, x, dy
+
+
+# ---------------------------------------------------------------------------------------------
+# The implementations: each returns {op: zero-argument callable returning that op's result}
+# ---------------------------------------------------------------------------------------------
+
+
+def _sparsenn_ops(p: CSRPattern, data, x, dy):
+    n_threads = numba.get_num_threads()
+    bounds = balanced_row_splits(p.indptr, n_threads)  # rows of W, balanced by nonzeros
+    t_bounds = balanced_row_splits(p.t_indptr, n_threads)  # rows of W^T
+    y = np.empty((p.shape[0], BATCH), np.float32)  # outputs preallocated, as in the layer
+    dx = np.empty_like(x)
+    t_data = np.empty_like(data)
+    dw = np.empty_like(data)
+
+    def forward():
+        spmm(p.indptr, p.indices, data, x, y, bounds)
+        return y
+
+    def backward_input():
+        # W's values in column order change every step, so the gather is part of the cost
+        np.take(data, p.t_perm, out=t_data)
+        spmm(p.t_indptr, p.t_rows, t_data, dy, dx, t_bounds)
+        return dx
+
+    def weight_grad():
+        sddmm(p.indptr, p.indices, dy, x, dw, bounds)
+        return dw
+
+    return dict(forward=forward, backward_input=backward_input, weight_grad=weight_grad)
+
+
+def _scipy_ops(p: CSRPattern, data, x, dy):
+    w = p.to_scipy(data)
+    w_t = w.T.tocsr()  # built once, as sparsenn builds its transpose index once per pattern
+    # weight_grad: scipy.sparse has no sampled product (SDDMM). Its only routes are the dense
+    # ``dy @ x.T`` followed by sampling at the pattern (e.g. ``mask.multiply(G)``), which is the
+    # dense_numpy row plus extra work, or gathering ``dy[rows]`` and ``x[indices]`` into two
+    # (nnz, batch) arrays and an einsum, which is NumPy rather than SciPy (sparsenn's own
+    # reference twin ``sddmm_ref``) and needs 1.7 GB at 4096x4096 d=0.1. So scipy is not timed
+    # for weight_grad, and the table shows "-" there.
+    return dict(forward=lambda: w @ x, backward_input=lambda: w_t @ dy)
+
+
+def _dense_numpy_ops(p: CSRPattern, data, x, dy):
+    w = p.to_scipy(data).toarray()  # (rows, cols) float32, zeros where there is no weight
+    y = np.empty((p.shape[0], BATCH), np.float32)
+    dx = np.empty_like(x)
+    g = np.empty_like(w)
+    # out= buffers, as sparsenn.layers.Linear does: no allocation is timed for either side
+    return dict(
+        forward=lambda: np.matmul(w, x, out=y),
+        backward_input=lambda: np.matmul(w.T, dy, out=dx),
+        weight_grad=lambda: np.matmul(dy, x.T, out=g),
+    )
+
+
+def _torch_csr(torch, indptr, indices, values, shape):
+    # int32 indices, like ours: measured faster than int64 for both products on CPU
+    return torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices),
+                                   torch.from_numpy(values), size=shape, check_invariants=False)
+
+
+def _torch_sampled_addmm_works(torch) -> bool:
+    """Does ``torch.sparse.sampled_addmm`` run on CPU CSR tensors and give dy x^T on the pattern?"""
+    p, _, x, dy = make_operands(Case(5, 7, 0.4))
+    w = _torch_csr(torch, p.indptr, p.indices, np.ones(p.nnz, np.float32), p.shape)
+    try:
+        got = torch.sparse.sampled_addmm(w, torch.from_numpy(dy), torch.from_numpy(x).T, beta=0.0)
+        got = got.values().numpy()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return np.allclose(got, (dy @ x.T)[p.row_of_entry(), p.indices], rtol=1e-4, atol=1e-4)
+
+
+def _torch_ops(torch, sampled_addmm: bool, p: CSRPattern, data, x, dy):
+    w = _torch_csr(torch, p.indptr, p.indices, data, p.shape)
+    w_t = _torch_csr(torch, p.t_indptr, p.t_rows, data[p.t_perm], p.shape[::-1])  # built once
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)  # share memory with the NumPy arrays
+    if sampled_addmm:
+        weight_grad = lambda: torch.sparse.sampled_addmm(w, dyt, xt.T, beta=0.0)  # noqa: E731
+    else:  # what torch users do with masks: the dense product (masked afterwards, not timed)
+        weight_grad = lambda: dyt @ xt.T  # noqa: E731
+    return dict(forward=lambda: w @ xt, backward_input=lambda: w_t @ dyt, weight_grad=weight_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing, with a one-time check of each result against a float64 reference
+# ---------------------------------------------------------------------------------------------
+
+
+def as_numpy(result, op, p: CSRPattern):
+    """Bring any implementation's result to NumPy; weight gradients to their nnz pattern values."""
+    if hasattr(result, "is_sparse_csr"):  # a torch tensor: sampled_addmm gives CSR on the pattern
+        result = (result.values() if result.is_sparse_csr else result).numpy()
+    if op == "weight_grad" and result.ndim == 2:  # a dense (rows, cols) gradient: sample it
+        result = result[p.row_of_entry(), p.indices]
+    return result
+
+
+def median_time(fn, check, min_time, max_calls, min_calls) -> float:
+    """Median seconds per call of ``fn()`` after one warm-up call, whose result ``check`` gets."""
+    check(fn())
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_calls or (len(times) < max_calls and time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_impl(impl, fns, case, p, refs, timing, results, ops=OPS):
+    """Time ``fns[op]()`` for each of ``ops`` that ``impl`` has; store the median seconds in
+    ``results[(case, op, impl)]``. ``refs[op]`` is the float64 result the warm-up must match."""
+    for op in ops:
+        if op not in fns:
+            continue
+
+        def check(out, op=op):
+            got, ref = as_numpy(out, op, p), refs[op]
+            scale = max(1.0, float(np.abs(ref).max()))
+            if got.shape != ref.shape or not np.allclose(got, ref, rtol=1e-3, atol=1e-3 * scale):
+                err = np.abs(got - ref).max() if got.shape == ref.shape else f"shape {got.shape}"
+                raise RuntimeError(f"{impl} {op} on {case.label} disagrees with float64 NumPy: {err}")
+
+        results[(case, op, impl)] = median_time(fns[op], check, **timing)
+
+
+def reference(p: CSRPattern, data, x, dy):
+    """The three results from dense float64 products, weight gradient sampled at the pattern."""
+    w = p.to_scipy(data.astype(np.float64)).toarray()
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    dw = (dy64 @ x64.T)[p.row_of_entry(), p.indices]
+    return dict(forward=w @ x64, backward_input=w.T @ dy64, weight_grad=dw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def gflops(case: Case, seconds: float) -> float:
+    return 2 * case.nnz * BATCH / seconds / 1e9
+
+
+def print_table(cases, impls, results):
+    print(f"\nMedian ms per call and useful GFLOP/s (2*nnz*batch / time, for every implementation); "
+          f"batch {BATCH}.")
+    print("x scipy / x dense: how many times faster sparsenn is (their time / sparsenn's time).")
+    head1 = f"{'case':<18} {'nnz':>10}  {'op':<15}" + "".join(f"{i:>17}" for i in impls)
+    head1 += f"{'x scipy':>9}{'x dense':>9}"
+    head2 = f"{'':<18} {'':>10}  {'':<15}" + "".join(f"{'ms':>9}{'GF/s':>8}" for _ in impls)
+    print(head1)
+    print(head2)
+    for case in cases:
+        for op in OPS:
+            line = f"{case.label:<18} {case.nnz:>10,}  {op:<15}"
+            for impl in impls:
+                t = results.get((case, op, impl))
+                line += f"{'-':>9}{'-':>8}" if t is None else f"{t * 1e3:9.3f}{gflops(case, t):8.2f}"
+            mine = results.get((case, op, "sparsenn"))
+            for other in ("scipy", "dense_numpy"):
+                t = results.get((case, op, other))
+                line += f"{'-':>9}" if t is None or mine is None else f"{t / mine:8.2f}x"
+            print(line)
+
+
+def print_sweep(sweep_cases, results):
+    print(f"\nForward {SWEEP.shape}, batch {BATCH}: sparsenn vs dense NumPy as the density grows")
+    print(f"{'density':>8} {'nnz':>9} {'sparsenn ms':>12} {'dense ms':>10} {'speedup':>9}")
+    faster = []
+    for case in sweep_cases:
+        mine, dense = results[(case, "forward", "sparsenn")], results[(case, "forward", "dense_numpy")]
+        print(f"{case.density:>8g} {case.nnz:>9,} {mine * 1e3:>12.3f} {dense * 1e3:>10.3f}"
+              f" {dense / mine:>8.2f}x")
+        if mine < dense:
+            faster.append(case.density)
+    if not faster:
+        print("sparsenn forward is slower than dense NumPy at every swept density.")
+    else:
+        print(f"Highest swept density at which sparsenn forward is still faster than dense NumPy: "
+              f"{max(faster):g}" + (" (the whole sweep)" if len(faster) == len(sweep_cases) else ""))
+
+
+def check_targets(cases, results) -> list[tuple[str, str, str, float | None]]:
+    """Each target as (PASS/FAIL/SKIP, what, case label, ratio = other's time / sparsenn's)."""
+
+    def ratio(case, op, other):
+        a, b = results.get((case, op, other)), results.get((case, op, "sparsenn"))
+        return None if a is None or b is None else a / b
+
+    sparse_cases = [c for c in cases if c.density <= 0.1 + 1e-12]
+    big = Case(4096, 4096, 0.01)
+    wanted = [("forward: sparsenn >= 2x faster than scipy.sparse", c, "forward", "scipy", 2.0)
+              for c in sparse_cases]
+    wanted += [("weight_grad: sparsenn faster than dense dy @ x.T", c, "weight_grad", "dense_numpy", 1.0)
+               for c in sparse_cases]
+    wanted += [
+        ("weight_grad: sparsenn >= 10x faster than dense dy @ x.T", big, "weight_grad", "dense_numpy", 10.0),
+        ("forward: sparsenn >= 10x faster than dense W @ x", big, "forward", "dense_numpy", 10.0),
+    ]
+    out = []
+    for what, case, op, other, need in wanted:
+        r = ratio(case, op, other)  # None when the case was not run (--cases, --quick)
+        verdict = "SKIP" if r is None else ("PASS" if r >= need else "FAIL")
+        out.append((verdict, what, case.label, r))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", metavar="PATH", help="write one record per timing to PATH")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"few calls ({QUICK}), and skip 4096x4096 d=0.1: for tests")
+    ap.add_argument("--repeats", type=int, help=f"most calls per timing (default {MAX_CALLS})")
+    ap.add_argument("--min-time", type=float, help=f"seconds of calls per timing (default {MIN_TIME})")
+    shapes = sorted({c.shape for c in CASES}, key=lambda s: [int(v) for v in s.split("x")])
+    ap.add_argument("--cases", metavar="SHAPES",
+                    help=f"comma-separated shapes to run, from {', '.join(shapes)} (default all); "
+                         f"the density sweep runs when {SWEEP.shape} is among them")
+    ap.add_argument("--check", action="store_true", help="exit 1 if any target FAILs")
+    args = ap.parse_args(argv)
+    if args.cases:
+        args.cases = [s.strip() for s in args.cases.split(",") if s.strip()]
+        bad = [s for s in args.cases if s not in shapes]
+        if bad:
+            ap.error(f"--cases: unknown shape(s) {', '.join(bad)}; choose from {', '.join(shapes)}")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.min_time is not None and args.min_time < 0:
+        ap.error(f"--min-time must be >= 0, got {args.min_time}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    wall = time.perf_counter()
+    timing = dict(QUICK) if args.quick else dict(min_time=MIN_TIME, max_calls=MAX_CALLS, min_calls=MIN_CALLS)
+    if args.repeats is not None:
+        timing["max_calls"] = args.repeats
+        timing["min_calls"] = min(timing["min_calls"], args.repeats)
+    if args.min_time is not None:
+        timing["min_time"] = args.min_time
+    cases = [c for c in CASES if (args.cases is None or c.shape in args.cases)
+             and not (args.quick and (c.rows, c.density) == (4096, 0.1))]
+    measured = {(c.rows, c.cols, c.density) for c in cases}
+    # sweep densities already in the main table reuse its timings (and its records)
+    sweep_cases = [] if (args.cases is not None and SWEEP.shape not in args.cases) else [
+        Case(SWEEP.rows, SWEEP.cols, d) for d in SWEEP_DENSITIES]
+    sweep_new = [c for c in sweep_cases if (c.rows, c.cols, c.density) not in measured]
+
+    print(f"sparsenn {sparsenn.__version__}: kernel benchmark")
+    print(f"threads: {thread_info()}")
+    print(f"numpy {np.__version__}, scipy {scipy.__version__}, numba {numba.__version__}, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average at start: {load:.2f} (other busy processes stall every threaded kernel)")
+    print(f"config: batch={BATCH} seed={SEED} {timing} quick={args.quick}")
+    print(f"cases: {', '.join(c.label for c in cases)}")
+    if sweep_cases:
+        print(f"sweep: forward {SWEEP.shape} at densities {', '.join(f'{d:g}' for d in SWEEP_DENSITIES)}")
+
+    results = {}  # (case, op, impl) -> median seconds
+    operands = {}  # case -> (pattern, data, x, dy, refs), kept for the torch pass at the end
+    for case in cases + sweep_new:
+        print(f"  timing {case.label} ...", file=sys.stderr, flush=True)
+        p, data, x, dy = make_operands(case)
+        refs = reference(p, data, x, dy)
+        ops = OPS if case in cases else ("forward",)
+        time_impl("sparsenn", _sparsenn_ops(p, data, x, dy), case, p, refs, timing, results, ops)
+        if case in cases:
+            time_impl("scipy", _scipy_ops(p, data, x, dy), case, p, refs, timing, results, ops)
+        time_impl("dense_numpy", _dense_numpy_ops(p, data, x, dy), case, p, refs, timing, results, ops)
+        if case in cases:
+            operands[case] = (p, data, x, dy, refs)
+
+    # PyTorch last, and only if it happens to be installed (never a dependency)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    impls = list(IMPLS)
+    if torch is None:
+        impls.remove("torch")
+        torch_note = "note: PyTorch is not installed, so it is not compared (pip install torch to add it)."
+    else:
+        torch.set_num_threads(numba.get_num_threads())
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        sampled = _torch_sampled_addmm_works(torch)
+        torch_note = (f"torch {torch.__version__} with {torch.get_num_threads()} threads; weight_grad by "
+                      + ("torch.sparse.sampled_addmm on the CSR pattern" if sampled
+                         else "dense dy @ x.T (sampled_addmm does not run on CPU CSR here)"))
+        for case, (p, data, x, dy, refs) in operands.items():
+            print(f"  timing torch {case.label} ...", file=sys.stderr, flush=True)
+            time_impl("torch", _torch_ops(torch, sampled, p, data, x, dy), case, p, refs, timing, results)
+    print(torch_note)
+
+    print_table(cases, impls, results)
+    if sweep_cases:
+        print_sweep(sweep_cases, results)
+
+    verdicts = check_targets(cases, results)
+    print("\nTargets (ratios from this run):")
+    for verdict, what, label, r in verdicts:
+        print(f"{verdict}  {what:<56} {label:<18} " + ("not run" if r is None else f"{r:.2f}x"))
+    failed = sum(v == "FAIL" for v, *_ in verdicts)
+    print(f"{sum(v == 'PASS' for v, *_ in verdicts)} passed, {failed} failed, "
+          f"{sum(v == 'SKIP' for v, *_ in verdicts)} skipped; elapsed {time.perf_counter() - wall:.1f} s")
+
+    if args.json:
+        records = [dict(op=op, rows=case.rows, cols=case.cols, density=case.density, batch=BATCH,
+                        impl=impl, median_s=t, gflops=gflops(case, t))
+                   for (case, op, impl), t in results.items()]
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {len(records)} records to {args.json}")
+    return 1 if args.check and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

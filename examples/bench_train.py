@@ -1,0 +1,144 @@
+"""Time one LeNet-300-100 training epoch (60,000 MNIST images, batch 100) per topology.
+
+    python examples/bench_train.py                 # sparsenn dense/radix/random, + PyTorch if installed
+    python examples/bench_train.py --json out.json
+
+Each topology: build the model, run warm-up steps (compiles/loads the Numba kernels), then time
+``--epochs`` full epochs of real training steps (gather batch, forward, loss, backward, SGD
+with Nesterov momentum and weight decay) and report the median. Evaluation is not timed.
+When PyTorch is installed (``pip install torch==2.13.0``; never a dependency), the same model
+and optimiser are timed in the same process, dense and with a 90% mask applied the usual way
+(weights multiplied by the mask after every step), which saves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numba
+import numpy as np
+
+import sparsenn  # noqa: F401  (configures BLAS threads)
+from sparsenn import data
+from sparsenn.kernels import gather_batch
+from sparsenn.loss import SoftmaxCrossEntropy
+from sparsenn.models import lenet300
+from sparsenn.optim import SGD
+from sparsenn.runtime import thread_info
+from sparsenn.train import ArrayData, epoch_permutation
+
+TARGETS = {"radix": 0.5, "dense": 1.2}  # seconds per epoch, from the project's issue
+
+
+def time_sparsenn(topology, arrays, epochs, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    model = lenet300(topology, rng)
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn = SoftmaxCrossEntropy()
+    x = np.empty((784, batch), np.float32)
+    n = len(arrays.x_train)
+    steps = n // batch
+
+    def one_epoch(e, limit=None):
+        perm = epoch_permutation(seed, e, n)
+        t = time.perf_counter()
+        for b in range(limit or steps):
+            idx = perm[b * batch:(b + 1) * batch]
+            gather_batch(arrays.x_train, idx, x)
+            loss_fn.forward(model.forward(x), arrays.y_train[idx])
+            model.backward(loss_fn.backward())
+            opt.step()
+        return time.perf_counter() - t
+
+    one_epoch(0, limit=50)  # warm-up
+    times = [one_epoch(e) for e in range(epochs)]
+    nnz = sum(l.nnz for l in model.weight_layers())
+    return times, nnz
+
+
+def time_torch(arrays, epochs, batch, masked, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(numba.get_num_threads())
+    model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(), torch.nn.Linear(300, 100),
+                                torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    masks = []
+    if masked:  # 90% masks on the two hidden layers, as a PyTorch user would prune
+        g = torch.Generator().manual_seed(seed)
+        masks = [(model[i].weight, (torch.rand(model[i].weight.shape, generator=g) < 0.1).float()) for i in (0, 2)]
+        with torch.no_grad():
+            for w, m in masks:
+                w.mul_(m)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt = torch.from_numpy(arrays.x_train)
+    yt = torch.from_numpy(arrays.y_train)
+    n = len(xt)
+    steps = n // batch
+
+    def one_epoch(e, limit=None):
+        perm = torch.from_numpy(epoch_permutation(seed, e, n))
+        t = time.perf_counter()
+        for b in range(limit or steps):
+            idx = perm[b * batch:(b + 1) * batch]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+            if masks:
+                with torch.no_grad():
+                    for w, m in masks:
+                        w.mul_(m)
+        return time.perf_counter() - t
+
+    one_epoch(0, limit=50)
+    nnz = sum(int(m.sum()) for _, m in masks) + (1000 if masks else 266_200)  # fc3 (10x100) unmasked
+    return [one_epoch(e) for e in range(epochs)], nnz, torch.__version__
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--topologies", nargs="*", default=["dense", "radix", "random", "radix-wide"])
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per topology (median reported)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--data-dir")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args(argv)
+
+    info = thread_info()
+    print(f"threads: numba {info['numba_threading_layer']} x{info['numba_num_threads']}; BLAS {info['blas_thread_config']}")
+    arrays = ArrayData.from_dataset(data.load("mnist", root=args.data_dir))
+    records = []
+
+    def report(impl, topology, times, nnz):
+        med = float(np.median(times))
+        records.append({"impl": impl, "topology": topology, "epoch_seconds_median": med,
+                        "epoch_seconds": [float(t) for t in times], "nnz": nnz, "batch": args.batch_size})
+        target = TARGETS.get(topology) if impl == "sparsenn" else None
+        verdict = "" if target is None else f"  target < {target} s: {'PASS' if med < target else 'FAIL'}"
+        print(f"{impl:<10} {topology:<12} {nnz:>9,} connections  {med:7.3f} s/epoch "
+              f"({args.batch_size * (60000 // args.batch_size) / med:>9,.0f} img/s){verdict}", flush=True)
+
+    for topology in args.topologies:
+        times, nnz = time_sparsenn(topology, arrays, args.epochs, args.batch_size)
+        report("sparsenn", topology, times, nnz)
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("PyTorch not installed: `pip install torch==2.13.0` to time it side by side")
+        else:
+            for masked in (False, True):
+                times, nnz, version = time_torch(arrays, args.epochs, args.batch_size, masked)
+                report(f"torch {version.split('+')[0]}", "dense" + ("+mask" if masked else ""), times, nnz)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

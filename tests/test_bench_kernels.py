@@ -1,0 +1,101 @@
+"""examples/bench_kernels.py: a tiny quick run writes consistent records; its patterns are what
+they claim to be. No timing assertions: timings on a shared machine say nothing about bugs."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = os.path.join(REPO, "examples", "bench_kernels.py")
+KEYS = {"op", "rows", "cols", "density", "batch", "impl", "median_s", "gflops"}
+OPS = {"forward", "backward_input", "weight_grad"}
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_kernels", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One subprocess run on the 100x300 case only (a few seconds), as a user would start it.
+
+    A subprocess, not main() in-process: the run may import torch, whose thread pool would
+    then stay in the test process beside Numba's.
+    """
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--cases", "100x300", "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads(path.read_text())
+
+
+def test_records_have_the_documented_keys_and_values(quick_run):
+    _, records = quick_run
+    assert records, "no records written"
+    for r in records:
+        assert set(r) == KEYS, r
+        assert r["op"] in OPS
+        assert (r["rows"], r["cols"], r["density"], r["batch"]) == (100, 300, 0.1, 128)
+        assert r["median_s"] > 0
+
+
+def test_gflops_is_useful_flops_over_median_time(quick_run):
+    _, records = quick_run
+    for r in records:
+        nnz = round(r["density"] * r["rows"] * r["cols"])  # the benchmark stores exactly this many
+        expected = 2 * nnz * r["batch"] / r["median_s"] / 1e9  # the same for dense and sparse
+        assert r["gflops"] == pytest.approx(expected, rel=1e-9), r
+
+
+def test_every_implementation_times_every_op_except_scipy_weight_grad(quick_run):
+    _, records = quick_run
+    got = {(r["op"], r["impl"]) for r in records}
+    impls = {"sparsenn", "scipy", "dense_numpy"} | ({"torch"} if HAVE_TORCH else set())
+    expected = {(op, impl) for op in OPS for impl in impls} - {("weight_grad", "scipy")}
+    assert got == expected
+    assert len(records) == len(expected), "a (op, impl) pair was recorded twice"
+
+
+def test_report_prints_threads_table_and_targets(quick_run):
+    out, _ = quick_run
+    assert "numba_num_threads" in out
+    assert "100x300 d=0.1" in out
+    # only the 100x300 targets are run; the 4096x4096 ones are reported as skipped
+    assert "SKIP  forward: sparsenn >= 10x faster than dense W @ x" in out
+    assert any(line.startswith(("PASS  forward", "FAIL  forward")) for line in out.splitlines())
+    if not HAVE_TORCH:
+        assert "PyTorch is not installed" in out
+
+
+def test_fixed_fan_in_case_has_exactly_that_many_sorted_columns_per_row():
+    bench = load_script()
+    p, data, x, dy = bench.make_operands(bench.Case(64, 128, 8 / 128, per_row=8))
+    assert np.all(np.diff(p.indptr) == 8)
+    assert (data.shape, x.shape, dy.shape) == ((64 * 8,), (128, bench.BATCH), (64, bench.BATCH))
+    again = bench.make_operands(bench.Case(64, 128, 8 / 128, per_row=8))[0]
+    np.testing.assert_array_equal(p.indices, again.indices)  # seeded: the same pattern every run
+
+
+def test_density_case_has_exact_nnz_and_canonical_rows():
+    bench = load_script()
+    case = bench.Case(30, 40, 0.25)
+    p = bench.make_operands(case)[0]  # CSRPattern.from_arrays has checked canonical form
+    assert p.nnz == case.nnz == 300
+
+
+def test_unknown_case_shape_is_refused_with_the_choices():
+    bench = load_script()
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--cases", "7x7"])
+    assert e.value.code == 2
