@@ -9,7 +9,7 @@ sparse layer's training step, exactly as ``sparsenn.layers.SparseLinear`` calls 
 
   forward         y  = W x       sparsenn: spmm on W;  scipy: W_csr @ x;  dense NumPy: W @ x;
                                  torch: W_csr @ x
-  backward_input  dx = W^T dy    sparsenn: take(data, t_perm) + spmm on the transpose index;
+  backward_input  dx = W^T dy    sparsenn: spmm on the transpose index, values through t_perm;
                                  scipy: W.T.tocsr() @ dy;  dense NumPy: W.T @ dy;
                                  torch: CSR of W^T @ dy  (every transpose built once, like ours)
   weight_grad     dW = dy x^T    sparsenn: sddmm;  scipy: not timed (no SDDMM, see _scipy_ops);
@@ -137,7 +137,6 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy):
     t_bounds = balanced_row_splits(p.t_indptr, n_threads)  # rows of W^T
     y = np.empty((p.shape[0], BATCH), np.float32)  # outputs preallocated, as in the layer
     dx = np.empty_like(x)
-    t_data = np.empty_like(data)
     dw = np.empty_like(data)
 
     def forward():
@@ -145,9 +144,8 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy):
         return y
 
     def backward_input():
-        # W's values in column order change every step, so the gather is part of the cost
-        np.take(data, p.t_perm, out=t_data)
-        spmm(p.t_indptr, p.t_rows, t_data, dy, dx, t_bounds)
+        # W's values are read in column order through t_perm, as the layer does
+        spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
         return dx
 
     def weight_grad():

@@ -135,7 +135,6 @@ class SparseLinear(Layer):
     def _reset_buffers(self):
         self._x = None
         self._out = self._dx = None
-        self._t_data = np.empty(self.pattern.nnz, dtype=self.dtype)
         self._splits = None  # (n_threads, bounds of W rows, bounds of W^T rows)
 
     @property
@@ -187,11 +186,10 @@ class SparseLinear(Layer):
         if not need_dx:
             return None
         # ... and dx[c] += W[r, c] * dy[r]: a product with W^T, whose CSR arrays are the
-        # transpose index of W and whose values are W's data permuted into column order.
-        np.take(self.weight.value, p.t_perm, out=self._t_data)
+        # transpose index of W and whose values are W's data read through t_perm.
         if self._dx is None or self._dx.shape != x.shape:
             self._dx = np.empty_like(x)
-        spmm(p.t_indptr, p.t_rows, self._t_data, dy, self._dx, t_bounds)
+        spmm(p.t_indptr, p.t_rows, self.weight.value, dy, self._dx, t_bounds, p.t_perm)
         return self._dx
 
     def mask(self):

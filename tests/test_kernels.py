@@ -45,8 +45,9 @@ def test_spmm_matches_twin_and_dense(rng, case, n_parts):
 def test_transposed_spmm_gives_backward_input(rng, case, n_parts):
     p, data, x, dy = setup(rng, case)
     dx = np.full((p.shape[1], dy.shape[1]), np.nan, np.float32)
-    spmm(p.t_indptr, p.t_rows, data[p.t_perm], dy, dx, balanced_row_splits(p.t_indptr, n_parts))
+    spmm(p.t_indptr, p.t_rows, data, dy, dx, balanced_row_splits(p.t_indptr, n_parts), p.t_perm)
     np.testing.assert_allclose(dx, p.to_scipy(data).toarray().T @ dy, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data, dy, p.t_perm), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES)
