@@ -1,0 +1,42 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import sparsenn  # noqa: F401
+from sparsenn import runtime
+
+
+def test_thread_pools_are_configured_and_reported():
+    info = runtime.thread_info()
+    assert info["numba_num_threads"] >= 1
+    assert info["numba_threading_layer"] in ("omp", "tbb", "workqueue")
+    if "set by user" not in info["blas_thread_config"]:
+        assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    assert "GOMP_SPINCOUNT" in os.environ
+
+
+def _config_in_subprocess(env):
+    code = "import sparsenn, json, os; from sparsenn import runtime; " \
+           "print(json.dumps([runtime._state['reason'], os.environ.get('OPENBLAS_THREAD_TIMEOUT')]))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_user_settings_are_respected():
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")}
+    reason, timeout = _config_in_subprocess({**env, "OPENBLAS_THREAD_TIMEOUT": "7"})
+    assert timeout == "7" and "OPENBLAS_THREAD_TIMEOUT=7 set by user" in reason
+    reason, _ = _config_in_subprocess({"SPARSENN_THREAD_CONFIG": "0"})
+    assert reason == "disabled by SPARSENN_THREAD_CONFIG=0"
+
+
+def test_matmul_small_and_large_products(rng):
+    for m, k, n in [(10, 100, 100), (300, 784, 100)]:  # one under SMALL_GEMM_FLOPS, one over
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k)).astype(np.float32).T  # a transposed view, as in backward
+        out = np.empty((m, n), np.float32)
+        runtime.matmul(a, b, out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
