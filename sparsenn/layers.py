@@ -239,13 +239,13 @@ class ReLU(Layer):
 
     def __init__(self, name: str = "relu"):
         self.name = name
-        self._out = None
-        self._dx = None
+        self._out = self._dx = self._on = None
 
     def forward(self, x):
         if self._out is None or self._out.shape != x.shape or self._out.dtype != x.dtype:
             self._out = np.empty_like(x)
             self._dx = np.empty_like(x)
+            self._on = np.empty(x.shape, dtype=bool)
         np.maximum(x, 0, out=self._out)
         return self._out
 
@@ -253,7 +253,8 @@ class ReLU(Layer):
         """y = max(x, 0)  =>  dx = dy where y > 0, else 0."""
         if not need_dx:
             return None
-        np.multiply(dy, self._out > 0, out=self._dx)
+        np.greater(self._out, 0, out=self._on)
+        np.multiply(dy, self._on, out=self._dx)
         return self._dx
 
     def __repr__(self):
