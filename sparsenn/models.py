@@ -93,3 +93,126 @@ def layer_table(model) -> str:
         tot_dense += dense_bytes
     rows.append(f"{'total':<6} {'':>16} {tot_nnz:>10,} {'':>8} {tot_stored:>13,} {tot_dense:>12,}")
     return "\n".join(rows)
+
+
+# =============================================================================================
+# LeNet-5 (convolutional): the 2019 study's TensorFlow variant and the classic Caffe one
+# =============================================================================================
+#
+# variant="tf" (the 2019 TensorFlow code; image activations are (C, H, W, batch)):
+#
+#     conv1 5x5, 20 filters, same padding -> ReLU -> max-pool -> LRN
+#     conv2 5x5, 50 filters, same padding -> ReLU -> LRN -> max-pool
+#     flatten -> fc1 (384) -> ReLU -> fc2 (10 logits)
+#
+#     MNIST    28x28x1,  2x2/2 pooling:            28 -> 14 -> 7,   fc1 50*7*7 = 2450 -> 384
+#     CIFAR-10 24x24x3 crops, 3x3/2 'same' pooling: 24 -> 12 -> 6,   fc1 50*6*6 = 1800 -> 384
+#
+# variant="caffe" (Caffe's examples/mnist/lenet.prototxt): conv 5x5 (20, no padding) -> max-pool
+# 2x2 -> conv 5x5 (50, no padding) -> max-pool 2x2 -> fc1 500 -> ReLU -> fc2 10; no ReLU after
+# the convolutions and no LRN, as in that file. MNIST: 28 -> 24 -> 12 -> 8 -> 4, 800 -> 500.
+#
+# Topologies: "dense"; "random": conv2 and fc1 Bernoulli-sparse at ``density`` (default 0.1, i.e.
+# 90% sparse; sparsenn.topology.random_sparse), conv1 and the logits dense, as in the study;
+# masks=[conv1, conv2, fc1, fc2]: any four masks (a conv mask is (C_out, C_in*kh*kw)), e.g. a
+# pruned LeNet-5; a full mask gives a dense layer.
+
+LENET5_TOPOLOGIES = ("dense", "random")
+LENET5_VARIANTS = ("tf", "caffe")
+LENET5_DATASETS = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 24, 24)}
+
+
+def lenet5_spec(dataset: str = "mnist", variant: str = "tf") -> dict:
+    """The architecture as data: input_shape, conv and pool settings, hidden width, and the
+    four weight-layer shapes ``(n_out, n_in)`` (conv ones as filter banks (C_out, C_in*k*k))."""
+    if dataset not in LENET5_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r} for LeNet-5; choose one of {', '.join(LENET5_DATASETS)}")
+    if variant not in LENET5_VARIANTS:
+        raise ValueError(f"unknown LeNet-5 variant {variant!r}; choose one of {', '.join(LENET5_VARIANTS)}")
+    from sparsenn.im2col import conv_geometry
+
+    c, h, w = LENET5_DATASETS[dataset]
+    if variant == "tf":
+        conv_pad, hidden, lrn = "same", 384, True
+        pool = (2, 2, "valid") if dataset != "cifar10" else (3, 2, "same")  # (kernel, stride, padding)
+    else:
+        conv_pad, hidden, lrn, pool = "valid", 500, False, (2, 2, "valid")
+    filters, k = (20, 50), 5
+    shapes, size, channels = [], (h, w), c
+    for f in filters:
+        oh, ow, _, _ = conv_geometry(*size, k, k, 1, 1, conv_pad)
+        size = conv_geometry(oh, ow, pool[0], pool[0], pool[1], pool[1], pool[2])[:2]
+        shapes.append((f, channels * k * k))
+        channels = f
+    flat = channels * size[0] * size[1]
+    shapes += [(hidden, flat), (10, hidden)]
+    return dict(dataset=dataset, variant=variant, input_shape=(c, h, w), filters=filters, kernel=k,
+                conv_padding=conv_pad, pool=pool, lrn=lrn, hidden=hidden, flat=flat, shapes=shapes)
+
+
+def lenet5_masks(topology_name: str, spec: dict, rng, density: float = 0.1) -> list | None:
+    """The four masks of a named topology (None for dense): conv1 and fc2 full, conv2 and fc1
+    Bernoulli at ``density`` for "random"."""
+    if topology_name == "dense":
+        return None
+    if topology_name == "random":
+        s = spec["shapes"]
+        full = lambda shape: np.ones(shape, dtype=bool)  # noqa: E731
+        return [full(s[0]), topology.random_sparse(*s[1], density, rng),
+                topology.random_sparse(*s[2], density, rng), full(s[3])]
+    raise ValueError(f"unknown topology {topology_name!r} for LeNet-5; choose one of "
+                     f"{', '.join(LENET5_TOPOLOGIES)} or give masks")
+
+
+def _is_full(mask) -> bool:
+    n = mask.shape[0] * mask.shape[1]
+    return (mask.nnz if hasattr(mask, "nnz") else int(np.count_nonzero(mask))) == n
+
+
+def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None, variant: str = "tf",
+           density: float = 0.1, init: str = "kaiming_normal", fan: str = "actual", dtype=np.float32) -> Sequential:
+    """LeNet-5 for ``dataset`` ("mnist", "fashion-mnist" or "cifar10" 24x24 crops) as a
+    ``Sequential``; input (C*H*W, batch) flat or (C, H, W, batch), output (10, batch) logits.
+    See the section comment above for the variants and topologies. ``masks``: four masks in
+    the order conv1, conv2, fc1, fc2 (conv masks (C_out, C_in*k*k)); a full mask -> dense layer.
+    """
+    from sparsenn.conv import Conv2d, Flatten, LocalResponseNorm, MaxPool2d, SparseConv2d
+
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    spec = lenet5_spec(dataset, variant)
+    if masks is None:
+        masks = lenet5_masks(topology, spec, rng, density)
+    if masks is not None:
+        masks = list(masks)
+        if len(masks) != 4:
+            raise ValueError(f"LeNet-5 needs 4 masks (conv1, conv2, fc1, fc2), got {len(masks)}")
+        for name, m, want in zip(("conv1", "conv2", "fc1", "fc2"), masks, spec["shapes"]):
+            if tuple(m.shape) != tuple(want):
+                raise ValueError(f"mask for {name} has shape {tuple(m.shape)}, the {variant} LeNet-5 on {dataset} "
+                                 f"needs {tuple(want)} (conv masks are (C_out, C_in*kh*kw))")
+    sparse = [masks is not None and not _is_full(m) for m in (masks or [None] * 4)]
+    k, (f1, f2), c_in = spec["kernel"], spec["filters"], spec["input_shape"][0]
+    pk, ps, pp = spec["pool"]
+
+    def conv(i, c, f, **kw):
+        kw.update(padding=spec["conv_padding"], init=init, dtype=dtype, name=f"conv{i + 1}")
+        if sparse[i]:
+            return SparseConv2d(c, f, k, masks[i], rng, fan=fan, **kw)
+        return Conv2d(c, f, k, rng, **kw)
+
+    def fc(i):
+        n_out, n_in = spec["shapes"][i]
+        if sparse[i]:
+            return SparseLinear(masks[i], rng, init=init, fan=fan, dtype=dtype, name=f"fc{i - 1}")
+        return Linear(n_in, n_out, rng, init=init, dtype=dtype, name=f"fc{i - 1}")
+
+    pool = lambda i: MaxPool2d(pk, ps, pp, name=f"pool{i}")  # noqa: E731
+    layers = [conv(0, c_in, f1, input_shape=spec["input_shape"])]
+    if spec["lrn"]:  # TF: conv -> ReLU -> pool -> LRN, then conv -> ReLU -> LRN -> pool
+        layers += [ReLU(), pool(1), LocalResponseNorm(name="norm1"),
+                   conv(1, f1, f2), ReLU(), LocalResponseNorm(name="norm2"), pool(2)]
+    else:  # Caffe: conv -> pool -> conv -> pool
+        layers += [pool(1), conv(1, f1, f2), pool(2)]
+    layers += [Flatten(), fc(2), ReLU(), fc(3)]
+    return Sequential(*layers)

@@ -1,0 +1,383 @@
+"""Numba kernels for convolutional networks, each with a plain NumPy reference twin:
+im2col / col2im (patch matrix and its adjoint), max pooling, local response normalisation.
+
+Layout. An image activation is ``(C, H, W, batch)``, C-contiguous: features-major like every
+sparsenn activation, with the batch last, so ``x[c, h, w]`` is one contiguous run of ``batch``
+values and every inner loop below runs along it (LLVM turns those into SIMD instructions).
+
+The patch matrix of a k_h x k_w convolution with stride (s_h, s_w) and top/left padding
+(p_h, p_w) is::
+
+    cols[(c, i, j), (oh, ow, b)] = x[c, oh*s_h - p_h + i, ow*s_w - p_w + j, b]   (0 outside x)
+
+    cols: (C * k_h * k_w, H_out * W_out * batch),  row index (c * k_h + i) * k_w + j
+
+so a convolution is one matrix product ``y = W @ cols`` with the filter bank ``W`` as a
+``(C_out, C * k_h * k_w)`` matrix (PyTorch's ``weight.reshape(C_out, -1)`` order), and its
+result ``(C_out, H_out * W_out * batch)`` already *is* ``(C_out, H_out, W_out, batch)``: no
+transpose. Padding at the bottom/right is implied by ``H_out``/``W_out`` (see
+:func:`conv_geometry`, which also computes TensorFlow's asymmetric 'same' padding).
+
+Outputs are preallocated by the caller and *overwritten*. The kernels compile for whatever
+float dtype they get (float32 for training, float64 for gradient checks). To step through them
+or get a readable traceback, run with ``NUMBA_DISABLE_JIT=1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_JIT = dict(parallel=True, fastmath=True, cache=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: output size and padding of a window sliding over an image
+# ---------------------------------------------------------------------------------------------
+
+
+def conv_geometry(h: int, w: int, kh: int, kw: int, sh: int, sw: int, padding):
+    """``(out_h, out_w, pad_top, pad_left)`` of a (kh, kw) window with stride (sh, sw) on h x w.
+
+    padding:
+      ``"valid"``     no padding: out = floor((n - k) / s) + 1
+      ``"same"``      TensorFlow's rule: out = ceil(n / s), total padding
+                      max((out - 1) * s + k - n, 0), the smaller half on top/left
+      ``p`` or ``(p_h, p_w)``  explicit symmetric padding: out = floor((n + 2p - k) / s) + 1
+    Raises ValueError when the window does not fit.
+    """
+    if padding == "valid":
+        ph = pw = 0
+        out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+    elif padding == "same":
+        out_h, out_w = -(-h // sh), -(-w // sw)
+        ph = max((out_h - 1) * sh + kh - h, 0) // 2
+        pw = max((out_w - 1) * sw + kw - w, 0) // 2
+    else:
+        ph, pw = (padding, padding) if np.isscalar(padding) else tuple(padding)
+        ph, pw = int(ph), int(pw)
+        if ph < 0 or pw < 0:
+            raise ValueError(f"padding must be >= 0, got {padding!r}")
+        out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if out_h < 1 or out_w < 1 or h < 1 or w < 1:
+        raise ValueError(
+            f"a {kh}x{kw} window with stride ({sh}, {sw}) and padding {padding!r} does not fit "
+            f"a {h}x{w} input (output would be {out_h}x{out_w})"
+        )
+    return int(out_h), int(out_w), int(ph), int(pw)
+
+
+# ---------------------------------------------------------------------------------------------
+# im2col: x (C, H, W, B) -> cols (C*kh*kw, H_out*W_out*B)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def im2col(x, kh, kw, sh, sw, ph, pw, out_h, out_w, cols):
+    """cols[(c,i,j), (oh,ow,b)] = x[c, oh*sh - ph + i, ow*sw - pw + j, b], 0 where that is outside x.
+
+    x[C, H, W, B]: C-contiguous.  cols[C*kh*kw, out_h*out_w*B]: overwritten.
+    Cost O(C * kh * kw * out_h * out_w * B) copies; no arithmetic.
+
+    One row of cols per prange iteration, so every output element has a single writer. For a
+    fixed (row, oh) the valid output columns ow form one interval [lo, hi), computed once, so
+    the copies carry no bounds tests; with stride 1 the interval is one contiguous run of x
+    and of cols, copied by a single loop. Copies go through 1-D views indexed by the loop
+    counter alone: Numba then knows no index is negative and LLVM vectorises the loop (index
+    arithmetic such as ``row[o + b]`` measured several times slower).
+    """
+    C, H, W, B = x.shape
+    for r in prange(C * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        row = cols[r]
+        # ow is valid when 0 <= ow*sw - pw + j < W; -((j - pw) // sw) is ceil((pw - j) / sw)
+        lo = min(max(0, -((j - pw) // sw)), out_w)
+        hi = max(min(out_w, (W - 1 + pw - j) // sw + 1), lo)
+        for oh in range(out_h):
+            ih = oh * sh - ph + i
+            dst = row[oh * out_w * B:(oh + 1) * out_w * B]  # (out_w * B,)
+            if ih < 0 or ih >= H:
+                dst[:] = 0.0
+                continue
+            dst[:lo * B] = 0.0
+            dst[hi * B:] = 0.0
+            src = x[c, ih].reshape(W * B)  # a view: x is C-contiguous
+            if sw == 1:
+                s0 = (lo - pw + j) * B
+                d = dst[lo * B:hi * B]
+                s = src[s0:s0 + (hi - lo) * B]
+                for t in range(d.shape[0]):
+                    d[t] = s[t]
+            else:
+                for ow in range(lo, hi):
+                    d = dst[ow * B:(ow + 1) * B]
+                    s = src[(ow * sw - pw + j) * B:(ow * sw - pw + j + 1) * B]
+                    for b in range(B):
+                        d[b] = s[b]
+
+
+def im2col_ref(x, kh, kw, sh, sw, ph, pw, out_h, out_w):
+    """NumPy twin of :func:`im2col`: returns cols (C*kh*kw, out_h*out_w*B)."""
+    C, H, W, B = x.shape
+    # pad enough on every side for every window, then take strided slices
+    pad_b = max(0, (out_h - 1) * sh + kh - H - ph)
+    pad_r = max(0, (out_w - 1) * sw + kw - W - pw)
+    xp = np.pad(x, ((0, 0), (ph, pad_b), (pw, pad_r), (0, 0)))
+    cols = np.empty((C, kh, kw, out_h, out_w, B), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+    return cols.reshape(C * kh * kw, out_h * out_w * B)
+
+
+# ---------------------------------------------------------------------------------------------
+# col2im: the adjoint of im2col, dx (C, H, W, B) from dcols (C*kh*kw, H_out*W_out*B)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def col2im(cols, kh, kw, sh, sw, ph, pw, out_h, out_w, dx):
+    """dx[c, ih, iw, b] = sum of cols[(c,i,j), (oh,ow,b)] over all (i, j, oh, ow) with
+    oh*sh - ph + i = ih and ow*sw - pw + j = iw: the adjoint (transpose) of :func:`im2col`.
+
+    cols[C*kh*kw, out_h*out_w*B]: C-contiguous.  dx[C, H, W, B]: overwritten.
+    Cost O(C * kh * kw * out_h * out_w * B) additions.
+
+    Written as a *gather*: prange runs over the input rows (c, ih), and each iteration finds
+    the (i, oh) pairs that land on its row and adds them into dx[c, ih] alone. No two
+    iterations write the same row of dx, so overlapping windows cannot race (the scatter form,
+    one iteration per cols row, would have neighbouring windows adding to the same pixel).
+    The row dx[c, ih] (W * B values) stays in L1 cache while its kh * kw sources are added.
+    """
+    C, H, W, B = dx.shape
+    for q in prange(C * H):
+        c = q // H
+        ih = q % H
+        drow = dx[c, ih].reshape(W * B)  # a view: dx is C-contiguous
+        drow[:] = 0.0
+        for i in range(kh):
+            t = ih + ph - i  # = oh * sh for the oh whose window row i lands on ih
+            if t < 0 or t % sh != 0:
+                continue
+            oh = t // sh
+            if oh >= out_h:
+                continue
+            for j in range(kw):
+                lo = min(max(0, -((j - pw) // sw)), out_w)
+                hi = max(min(out_w, (W - 1 + pw - j) // sw + 1), lo)
+                src = cols[(c * kh + i) * kw + j, oh * out_w * B:(oh + 1) * out_w * B]
+                if sw == 1:
+                    s0 = (lo - pw + j) * B
+                    d = drow[s0:s0 + (hi - lo) * B]
+                    s = src[lo * B:hi * B]
+                    for u in range(d.shape[0]):
+                        d[u] += s[u]
+                else:
+                    for ow in range(lo, hi):
+                        d = drow[(ow * sw - pw + j) * B:(ow * sw - pw + j + 1) * B]
+                        s = src[ow * B:(ow + 1) * B]
+                        for b in range(B):
+                            d[b] += s[b]
+
+
+def col2im_ref(cols, C, H, W, B, kh, kw, sh, sw, ph, pw, out_h, out_w):
+    """NumPy twin of :func:`col2im`: returns dx (C, H, W, B)."""
+    pad_b = max(0, (out_h - 1) * sh + kh - H - ph)
+    pad_r = max(0, (out_w - 1) * sw + kw - W - pw)
+    dxp = np.zeros((C, H + ph + pad_b, W + pw + pad_r, B), dtype=cols.dtype)
+    c6 = cols.reshape(C, kh, kw, out_h, out_w, B)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] += c6[:, i, j]
+    return np.ascontiguousarray(dxp[:, ph:ph + H, pw:pw + W, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Max pooling: y[c, oh, ow, b] = max over the window; argmax kept for the backward pass
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
+    """out[c,oh,ow,b] = max of x[c, oh*sh-ph+i, ow*sw-pw+j, b] over the in-bounds (i, j).
+
+    x[C, H, W, B]: C-contiguous.  out[C, out_h, out_w, B]: overwritten.
+    argmax[C, out_h, out_w, B] (int32): overwritten with ih * W + iw of the maximum (the first
+    one in window order on ties). Padding never wins: padded positions are skipped, not -inf
+    (fastmath assumes no infinities). Cost O(C * out_h * out_w * kh * kw * B) comparisons.
+    One (c, oh) output row per prange iteration: a single writer per output element.
+    """
+    C, H, W, B = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for q in prange(C * out_h):
+        c = q // out_h
+        oh = q % out_h
+        i0 = max(0, ph - oh * sh)
+        i1 = min(kh, H + ph - oh * sh)
+        for ow in range(out_w):
+            j0 = max(0, pw - ow * sw)
+            j1 = min(kw, W + pw - ow * sw)
+            y = out[c, oh, ow]
+            a = argmax[c, oh, ow]
+            ih = oh * sh - ph + i0
+            iw = ow * sw - pw + j0
+            first = x[c, ih, iw]
+            for b in range(B):  # start from the first in-bounds element of the window
+                y[b] = first[b]
+                a[b] = ih * W + iw
+            for i in range(i0, i1):
+                ih = oh * sh - ph + i
+                for j in range(j0, j1):
+                    iw = ow * sw - pw + j
+                    v = x[c, ih, iw]
+                    k = ih * W + iw
+                    for b in range(B):
+                        if v[b] > y[b]:
+                            y[b] = v[b]
+                            a[b] = k
+
+
+@njit(**_JIT)
+def maxpool_backward(dy, argmax, dx):
+    """dx[c, h, w, b] = sum of dy[c, oh, ow, b] over the windows whose maximum was x[c, h, w, b].
+
+    dy[C, out_h, out_w, B], argmax[C, out_h, out_w, B] (int32, from :func:`maxpool_forward`).
+    dx[C, H, W, B]: overwritten. Cost O(C * (H * W + out_h * out_w) * B).
+    prange runs over channels: overlapping windows (3x3 stride 2) can send two gradients to
+    the same pixel, but only within one channel, which one iteration owns entirely.
+    """
+    C, H, W, B = dx.shape
+    out_h, out_w = dy.shape[1], dy.shape[2]
+    for c in prange(C):
+        d = dx[c].reshape(H * W, B)  # a view: dx is C-contiguous
+        for k in range(H * W):
+            for b in range(B):
+                d[k, b] = 0.0
+        for oh in range(out_h):
+            for ow in range(out_w):
+                g = dy[c, oh, ow]
+                a = argmax[c, oh, ow]
+                for b in range(B):
+                    d[a[b], b] += g[b]
+
+
+def maxpool_forward_ref(x, kh, kw, sh, sw, ph, pw, out_h, out_w):
+    """NumPy twin of :func:`maxpool_forward`: returns (out, argmax)."""
+    C, H, W, B = x.shape
+    pad_b = max(0, (out_h - 1) * sh + kh - H - ph)
+    pad_r = max(0, (out_w - 1) * sw + kw - W - pw)
+    xp = np.pad(x, ((0, 0), (ph, pad_b), (pw, pad_r), (0, 0)), constant_values=-np.inf)
+    flat = np.pad(np.arange(H * W).reshape(H, W), ((ph, pad_b), (pw, pad_r)), constant_values=-1)
+    # windows in window order (i, j), so argmax's first-maximum rule matches the kernel's
+    win = np.stack([xp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+                    for i in range(kh) for j in range(kw)])  # (kh*kw, C, out_h, out_w, B)
+    pos = np.stack([flat[i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+                    for i in range(kh) for j in range(kw)])  # (kh*kw, out_h, out_w)
+    best = np.argmax(win, axis=0)  # (C, out_h, out_w, B)
+    out = np.take_along_axis(win, best[None], axis=0)[0]
+    oh, ow = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+    argmax = pos[best, oh[None, :, :, None], ow[None, :, :, None]].astype(np.int32)
+    return out, argmax
+
+
+def maxpool_backward_ref(dy, argmax, H, W):
+    """NumPy twin of :func:`maxpool_backward`: returns dx (C, H, W, B)."""
+    C, out_h, out_w, B = dy.shape
+    dx = np.zeros((C, H * W, B), dtype=dy.dtype)
+    c, _, _, b = np.indices(dy.shape)
+    np.add.at(dx, (c, argmax, b), dy)
+    return dx.reshape(C, H, W, B)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local response normalisation across channels (TensorFlow's tf.nn.lrn)
+# ---------------------------------------------------------------------------------------------
+#
+#   d[c] = bias + alpha * sum_{c' = max(0, c-r)}^{min(C-1, c+r)} x[c']^2
+#   y[c] = x[c] * d[c]^(-beta)
+#
+# at every position (h, w, b) independently. x is viewed as (C, N) with N = H * W * B.
+
+
+@njit(**_JIT)
+def lrn_forward(x, radius, bias, alpha, beta, d, dpow, out):
+    """y = x * (bias + alpha * windowed sum of x^2 over channels)^(-beta).
+
+    x[C, N]: C-contiguous (an image activation viewed as (C, H*W*B)).
+    d[C, N], dpow[C, N], out[C, N]: overwritten with d, d^(-beta) and y (d and d^(-beta) are
+    what the backward pass needs). Cost O(C * (2r + 1) * N).
+    One channel c per prange iteration, which writes only row c of d, dpow, out.
+    """
+    C, N = x.shape
+    for c in prange(C):
+        s = d[c]
+        for p in range(N):
+            s[p] = 0.0
+        for cc in range(max(0, c - radius), min(C, c + radius + 1)):
+            xc = x[cc]
+            for p in range(N):
+                s[p] += xc[p] * xc[p]
+        xr, pr, yr = x[c], dpow[c], out[c]
+        for p in range(N):
+            s[p] = bias + alpha * s[p]
+        if beta == 0.75:
+            # d^(-3/4) = 1 / (sqrt(d) * sqrt(sqrt(d))): square roots are SIMD instructions,
+            # while a general power is a scalar libm call per element (measured ~5x slower)
+            for p in range(N):
+                r = np.sqrt(s[p])
+                pr[p] = 1.0 / (r * np.sqrt(r))
+        else:
+            for p in range(N):
+                pr[p] = s[p] ** -beta
+        for p in range(N):
+            yr[p] = xr[p] * pr[p]
+
+
+@njit(**_JIT)
+def lrn_backward(x, y, d, dpow, dy, radius, alpha, beta, t, dx):
+    """dx[j] = dy[j] d[j]^(-beta) - 2 alpha beta x[j] sum_{c: |c - j| <= r} dy[c] y[c] / d[c].
+
+    From y[c] = x[c] d[c]^(-beta) and d[c] = bias + alpha sum_{|c'-c|<=r} x[c']^2:
+    dy[c]/dx[j] = [c == j] d[c]^(-beta) - 2 alpha beta x[j] x[c] d[c]^(-beta-1) [|c - j| <= r],
+    and x[c] d[c]^(-beta-1) = y[c] / d[c]. The window is symmetric, so the channels c whose
+    window holds j are those within r of j.
+    x, y, d, dpow, dy [C, N]: from the forward pass and upstream.  t[C, N]: scratch.
+    dx[C, N]: overwritten. Cost O(C * (2r + 1) * N). Each prange iteration writes one row.
+    """
+    C, N = x.shape
+    for c in prange(C):
+        tr, g, yr, dr = t[c], dy[c], y[c], d[c]
+        for p in range(N):
+            tr[p] = g[p] * yr[p] / dr[p]
+    k = -2.0 * alpha * beta
+    for j in prange(C):
+        o, xr, g, pr = dx[j], x[j], dy[j], dpow[j]
+        for p in range(N):
+            o[p] = 0.0
+        for c in range(max(0, j - radius), min(C, j + radius + 1)):
+            tc = t[c]
+            for p in range(N):
+                o[p] += tc[p]
+        for p in range(N):
+            o[p] = g[p] * pr[p] + k * xr[p] * o[p]
+
+
+def lrn_forward_ref(x, radius, bias, alpha, beta):
+    """NumPy twin of :func:`lrn_forward`: returns (y, d) for x (C, N)."""
+    C = x.shape[0]
+    sq = x * x
+    d = np.stack([sq[max(0, c - radius):c + radius + 1].sum(axis=0) for c in range(C)])
+    d = bias + alpha * d
+    return x * d ** -beta, d
+
+
+def lrn_backward_ref(x, dy, radius, bias, alpha, beta):
+    """NumPy twin of :func:`lrn_backward`: returns dx (C, N)."""
+    y, d = lrn_forward_ref(x, radius, bias, alpha, beta)
+    C = x.shape[0]
+    t = dy * y / d
+    s = np.stack([t[max(0, j - radius):j + radius + 1].sum(axis=0) for j in range(C)])
+    return dy * d ** -beta - 2.0 * alpha * beta * x * s
+
