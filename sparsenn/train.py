@@ -75,7 +75,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def evaluate(model, x, y, batch_size: int = 2000):
+def evaluate(model, x, y, batch_size: int = 1000):
     """(accuracy, mean loss) of ``model`` on batch-major ``x`` (n, n_features), labels ``y``."""
     loss_fn = SoftmaxCrossEntropy()
     n = len(x)
@@ -101,14 +101,17 @@ def model_nnz(model) -> tuple[int, int]:
 
 def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size: int, seed: int,
         eval_every: int = 0, metrics_path=None, save_path=None, save_every: int = 0, resume=None,
-        config: dict | None = None, callbacks=(), progress: bool = True, log=print) -> dict:
+        config: dict | None = None, callbacks=(), progress: bool = True, log=print,
+        eval_batch_size: int = 1000) -> dict:
     """Train ``model`` and return a summary dict.
 
     schedule: step -> learning rate (``sparsenn.schedules``). eval_every: also evaluate on the
     test set every that many steps (0: only at epoch ends). save_path: checkpoint written
     atomically at each epoch end and every ``save_every`` steps. resume: a checkpoint path to
     continue from. callbacks: objects with ``on_step_end(step, model, optimizer)`` (e.g.
-    gradual pruning). Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    gradual pruning). eval_batch_size: samples per forward pass when evaluating (memory: a
+    convolution's patch matrix grows with it). Raises :class:`TrainingDiverged` on a NaN or
+    infinite loss.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
@@ -176,7 +179,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                     t_bar = now
                 if eval_every and step % eval_every == 0 and step % steps_per_epoch:
                     t0 = time.perf_counter()
-                    acc, test_loss = evaluate(model, data.x_test, data.y_test)
+                    acc, test_loss = evaluate(model, data.x_test, data.y_test, eval_batch_size)
                     nnz, full = model_nnz(model)
                     write({"kind": "eval", "epoch": epoch + 1, "step": step,
                            "train_loss": float(np.mean(losses[-eval_every:])), "test_acc": acc,
@@ -189,7 +192,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             bar.close()
             seconds = time.perf_counter() - t_epoch - t_eval
             epoch_times.append(seconds)
-            acc, test_loss = evaluate(model, data.x_test, data.y_test)
+            acc, test_loss = evaluate(model, data.x_test, data.y_test, eval_batch_size)
             nnz, full = model_nnz(model)
             rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                    "test_acc": acc, "test_loss": test_loss, "lr": optimizer.lr,
@@ -203,7 +206,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         if metrics_file:
             metrics_file.close()
     if not history:  # resumed a finished run: just report where it stands
-        acc, test_loss = evaluate(model, data.x_test, data.y_test)
+        acc, test_loss = evaluate(model, data.x_test, data.y_test, eval_batch_size)
     else:
         acc = history[-1]["test_acc"]
     epoch_recs = [r for r in history if r["kind"] == "epoch"]
