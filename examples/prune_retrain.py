@@ -1,0 +1,497 @@
+"""Prune and retrain: the first approach of Alford et al. (HPEC 2019), end to end.
+
+    python examples/prune_retrain.py                                   # 1 seed, 5 sparsities
+    python examples/prune_retrain.py --seeds 3 --json examples/results/prune_retrain_lenet300.json \\
+        --csv examples/results/prune_retrain_lenet300.csv --speed examples/results/prune_speed.md \\
+        --gradual-log examples/results/prune_retrain_gradual_log.json
+    python examples/prune_retrain.py --quick --json /tmp/r.json        # smoke test, seconds
+    python examples/prune_retrain.py --plot acc.png                    # needs matplotlib
+
+For each seed:
+
+  1. dense      train the dense model from initial weights W0           dense     / trained
+  2. one-time   for each sparsity s: prune the trained model once       one-time  / pruned
+                (|w| < t removed, t chosen to reach s), then train a
+                fresh network on that mask from new random weights      one-time  / retrained
+                and from W0 at the surviving connections (rewound)      one-time  / rewound
+  3. gradual    for each s, a *separate* run from W0 that prunes on     gradual   / pruned
+                Zhu & Gupta's cubic schedule from epoch 1 to 2/3 of
+                training and fine-tunes for the rest; then retrain on
+                its mask, fresh and rewound                             gradual   / retrained, rewound
+
+Why separate gradual runs rather than one run to the highest sparsity with snapshots: a
+snapshot taken while passing 50% on the way to 99% is mid-schedule, at a high learning rate
+and without fine-tuning, so it would understate what gradual pruning to 50% achieves. One run
+per target gives every sparsity the full prune-then-fine-tune schedule (at 5x the cost of one
+dense-then-sparse run, which is cheap here: most of each run is sparse).
+
+Prints the study's table (rows: sparsity; columns: dense, one-time pruned/retrained/rewound,
+gradual pruned/retrained/rewound; mean +- standard deviation over seeds) and writes:
+  --json   a list of records: sparsity, method, stage, seed, test_acc (fraction), nnz, and more
+  --csv    the table, one row per sparsity, <column>_mean / _std / _n
+  --speed  seconds per training epoch against sparsity, dense + mask and CSR, measured after
+           the study on its masks; and epoch by epoch through one gradual run (Markdown + .json)
+  --gradual-log  per gradual run: each pruning step's target and achieved sparsity per layer,
+           and each epoch's stored nnz and time
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+import sparsenn
+from sparsenn import data, pruning, schedules
+from sparsenn.io import save_masks
+from sparsenn.models import lenet300
+from sparsenn.optim import SGD
+from sparsenn.runtime import thread_info
+from sparsenn.train import ArrayData, evaluate, fit
+
+
+# ---- models: each entry builds a network on given masks (None: dense) ---------------------
+def build_lenet300(rng, masks=None, fan="actual"):
+    return lenet300("dense", rng, masks=masks, fan=fan)
+
+
+MODELS = {
+    "lenet300": dict(build=build_lenet300, dataset="mnist", about="LeNet-300-100, 784-300-100-10, ReLU"),
+}
+
+# ---- defaults: the whole study takes ~6 minutes per seed on 2 cores (~30 training runs) ----
+DEFAULTS = dict(
+    model="lenet300",
+    sparsities=[0.5, 0.75, 0.9, 0.95, 0.99],
+    seeds=1,
+    epochs=20,             # dense, gradual and every retraining run (examples/lenet300.py's)
+    batch_size=100,        # as in the 2019 study
+    lr=0.05,               # SGD, Nesterov momentum 0.9, cosine decay to 0 over each run
+    momentum=0.9,
+    weight_decay=5e-4,     # on existing weights only
+    scope="global",        # one threshold over all layers: the 100->10 logits layer, whose
+                           # weights are large, keeps more (a uniform 99% would leave it 10)
+    prune_begin=1.0,       # gradual: start pruning after this many epochs ...
+    prune_end=2 / 3,       # ... reach the target at this fraction of training, then fine-tune
+    prune_every=200,       # steps between pruning steps (fewer in --quick runs)
+    exponent=3.0,          # Zhu & Gupta's cubic
+    crossover=0.3,         # a dense layer turns CSR when its density first drops below this
+    init_fan="actual",     # fresh weights scaled by each neuron's real fan-in
+    quick_train=2000,      # --quick: this many training images ...
+    quick_test=1000,       # ... and test images,
+    quick_epochs=2,        # ... this many epochs,
+    quick_sparsities=[0.5, 0.9],  # ... and these sparsities
+)
+METHODS = ("one-time", "gradual")
+COLUMNS = [("dense", "trained"), ("one-time", "pruned"), ("one-time", "retrained"), ("one-time", "rewound"),
+           ("gradual", "pruned"), ("gradual", "retrained"), ("gradual", "rewound")]
+REFERENCE_2019 = {  # Alford et al. 2019, LeNet-300-100 on MNIST, percent
+    0.9: {"dense": 97.03, "one-time retrained": 96.19, "gradual pruned": 97.40, "gradual retrained": 97.02},
+    0.99: {"one-time retrained": 56.08, "gradual pruned": 96.83, "gradual retrained": 96.08},
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default=DEFAULTS["model"])
+    p.add_argument("--sparsities", type=float, nargs="+", default=None,
+                   help=f"target sparsities in [0, 1) (default {DEFAULTS['sparsities']}, "
+                        f"with --quick {DEFAULTS['quick_sparsities']})")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="run seeds 0 .. N-1")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs per run (default {DEFAULTS['epochs']}, quick 2)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"])
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--no-rewind", action="store_true", help="skip the rewound (lottery-ticket) retraining")
+    p.add_argument("--scope", choices=pruning.SCOPES, default=DEFAULTS["scope"],
+                   help="one magnitude threshold over all pruned layers, or one sparsity per layer")
+    p.add_argument("--keep-first-dense", action="store_true", help="do not prune the first weight layer")
+    p.add_argument("--keep-last-dense", action="store_true", help="do not prune the last (logits) layer")
+    p.add_argument("--prune-begin", type=float, default=DEFAULTS["prune_begin"], help="gradual: first epoch")
+    p.add_argument("--prune-end", type=float, default=DEFAULTS["prune_end"], help="gradual: fraction of training")
+    p.add_argument("--prune-every", type=int, default=DEFAULTS["prune_every"], help="gradual: steps between prunings")
+    p.add_argument("--exponent", type=float, default=DEFAULTS["exponent"])
+    p.add_argument("--crossover", type=float, default=DEFAULTS["crossover"])
+    p.add_argument("--init-fan", choices=["actual", "dense"], default=DEFAULTS["init_fan"],
+                   help="fresh retraining weights scaled by each neuron's actual fan-in, or the dense one (2019)")
+    p.add_argument("--data-dir", help="where the dataset lives (default: $SPARSENN_DATA, then data/, ...)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test run: data subset, 2 epochs")
+    p.add_argument("--json", metavar="PATH", help="write the list of records here")
+    p.add_argument("--csv", metavar="PATH", help="write the table here")
+    p.add_argument("--speed", metavar="PATH", help="write the time-per-epoch table (Markdown) here")
+    p.add_argument("--gradual-log", metavar="PATH", help="write each gradual run's pruning and epoch log (JSON)")
+    p.add_argument("--save-dir", metavar="DIR", help="save every mask and pruned model (.npz) here")
+    p.add_argument("--plot", metavar="PATH", help="draw accuracy against sparsity to this image (matplotlib)")
+    p.add_argument("--verbose", action="store_true", help="print every epoch and pruning step")
+    p.add_argument("--progress", action="store_true", help="progress bars")
+    args = p.parse_args(argv)
+    if args.sparsities is None:
+        args.sparsities = DEFAULTS["quick_sparsities" if args.quick else "sparsities"]
+    if args.epochs is None:
+        args.epochs = DEFAULTS["quick_epochs" if args.quick else "epochs"]
+    for s in args.sparsities:
+        if not 0 <= s < 1:
+            p.error(f"--sparsities must be in [0, 1), got {s}")
+    args.sparsities = sorted(set(args.sparsities))
+    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1 or args.prune_every < 1:
+        p.error("--seeds, --epochs, --batch-size and --prune-every must be >= 1")
+    if not 0 < args.prune_end <= 1 or args.prune_begin < 0:
+        p.error("--prune-end must be in (0, 1] and --prune-begin >= 0")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib, which is not installed: pip install 'sparsenn[plot]' "
+                    "(or pip install matplotlib)")
+    return args
+
+
+# ---- one training run ---------------------------------------------------------------------
+def train(model, arrays, cfg, seed, callbacks=()):
+    """SGD (Nesterov) + cosine decay over cfg['epochs']. Returns (fit's summary, optimiser)."""
+    opt = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0,
+              weight_decay=cfg["weight_decay"])
+    total = cfg["epochs"] * cfg["steps_per_epoch"]
+    summary = fit(model, arrays, opt, schedules.Cosine(cfg["lr"], total), epochs=cfg["epochs"],
+                  batch_size=cfg["batch_size"], seed=seed, callbacks=callbacks, progress=cfg["progress"],
+                  log=print if cfg["verbose"] else (lambda *a: None))
+    return summary, opt
+
+
+def record(sparsity, method, stage, seed, model, acc, **extra):
+    masks = pruning.model_masks(model)
+    nnz = sum(m.nnz for m in masks)
+    full = sum(m.shape[0] * m.shape[1] for m in masks)
+    # bytes to store the structure in CSR (indptr int32, indices int32, data float32)
+    csr = sum(4 * (m.shape[0] + 1) + 8 * m.nnz for m in masks)
+    return {"sparsity": float(sparsity), "method": method, "stage": stage, "seed": int(seed), "test_acc": float(acc),
+            "nnz": int(nnz), "achieved_sparsity": 1 - nnz / full, "dense_bytes": 4 * full, "csr_bytes": int(csr),
+            **extra}
+
+
+def retrain(masks, sparsity, method, seed, arrays, cfg, w0, say):
+    """Train a fresh network on ``masks``: new random weights, and (unless --no-rewind) W0."""
+    build = MODELS[cfg["model"]]["build"]
+    out = []
+    variants = [("retrained", None)] + ([] if cfg["no_rewind"] else [("rewound", w0)])
+    for stage, initial in variants:
+        t0 = time.perf_counter()
+        # retraining draws its weights from its own stream, so they are not W0
+        model = build(np.random.default_rng([seed, 1]), masks=masks, fan=cfg["init_fan"])
+        if initial is not None:
+            pruning.rewind(model, initial)
+        summary, _ = train(model, arrays, cfg, seed)
+        out.append(record(sparsity, method, stage, seed, model, summary["test_acc"],
+                          seconds=time.perf_counter() - t0, epoch_seconds=summary["epoch_seconds"]))
+        say(f"{method} {100 * sparsity:g}%: {stage} {100 * summary['test_acc']:.2f}% "
+            f"(nnz {out[-1]['nnz']:,}, {out[-1]['seconds']:.1f} s)")
+    return out
+
+
+def save_structure(cfg, method, sparsity, seed, model, say):
+    if not cfg["save_dir"]:
+        return
+    stem = os.path.join(cfg["save_dir"], f"{cfg['model']}_{method}_s{sparsity:g}_seed{seed}")
+    save_masks(stem + "_mask.npz", pruning.model_masks(model), sparsity=sparsity, seed=seed)
+    size = pruning.save_sparse_model(stem + "_model.npz", model)
+    b = pruning.storage_bytes(model)
+    say(f"saved {stem}_mask.npz and _model.npz: weights {b['dense_bytes']:,} B dense -> "
+        f"{b['stored_bytes']:,} B stored ({size:,} B on disk)")
+
+
+# ---- the study, one seed --------------------------------------------------------------------
+def run_seed(seed, arrays, cfg, gradual_log):
+    """The study for one seed: (records, {(method, sparsity): masks})."""
+    build = MODELS[cfg["model"]]["build"]
+    records, structures = [], {}
+
+    def say(msg):
+        print(f"[seed {seed}] {msg}", flush=True)
+
+    # 1. dense, from W0
+    t0 = time.perf_counter()
+    dense = build(np.random.default_rng(seed))
+    w0 = pruning.initial_weights(dense)
+    summary, _ = train(dense, arrays, cfg, seed)
+    records.append(record(0.0, "dense", "trained", seed, dense, summary["test_acc"],
+                          seconds=time.perf_counter() - t0, epoch_seconds=summary["epoch_seconds"]))
+    say(f"dense: trained {100 * summary['test_acc']:.2f}% ({records[-1]['seconds']:.1f} s)")
+
+    for s in cfg["sparsities"]:
+        # 2. one-time: prune a copy of the trained dense model once, then retrain on its mask
+        if "one-time" in cfg["methods"]:
+            pruned = copy.deepcopy(dense)
+            pruning.prune_once(pruned, s, scope=cfg["scope"], keep_first_dense=cfg["keep_first_dense"],
+                               keep_last_dense=cfg["keep_last_dense"])
+            acc, _ = evaluate(pruned, arrays.x_test, arrays.y_test)
+            records.append(record(s, "one-time", "pruned", seed, pruned, acc))
+            say(f"one-time {100 * s:g}%: pruned {100 * acc:.2f}% (nnz {records[-1]['nnz']:,})")
+            save_structure(cfg, "one-time", s, seed, pruned, say)
+            structures[("one-time", s)] = pruning.model_masks(pruned)
+            records += retrain(structures[("one-time", s)], s, "one-time", seed, arrays, cfg, w0, say)
+
+        # 3. gradual: a separate run from W0 for each target, then retrain on its mask
+        if "gradual" in cfg["methods"]:
+            t0 = time.perf_counter()
+            model = build(np.random.default_rng(seed))  # the same W0 as the dense run
+            pruner = pruning.GradualPruner(
+                model, s, begin=cfg["prune_begin_step"], end=cfg["prune_end_step"], frequency=cfg["prune_every_steps"],
+                exponent=cfg["exponent"], scope=cfg["scope"], keep_first_dense=cfg["keep_first_dense"],
+                keep_last_dense=cfg["keep_last_dense"], crossover=cfg["crossover"],
+                log=(lambda m: say("  " + m)) if cfg["verbose"] else None)
+            summary, opt = train(model, arrays, cfg, seed, callbacks=[pruner])
+            pruner.finalize(model, opt, convert=True)  # final masks once more; every pruned layer CSR
+            acc, _ = evaluate(model, arrays.x_test, arrays.y_test)
+            epochs = [r for r in summary["history"] if r["kind"] == "epoch"]
+            records.append(record(s, "gradual", "pruned", seed, model, acc, seconds=time.perf_counter() - t0,
+                                  epoch_seconds=summary["epoch_seconds"]))
+            say(f"gradual {100 * s:g}%: pruned {100 * acc:.2f}% (nnz {records[-1]['nnz']:,}, "
+                f"{records[-1]['seconds']:.1f} s)")
+            gradual_log.append({"seed": seed, "sparsity": s, "pruning": pruner.history,
+                                "epochs": [{k: r[k] for k in ("epoch", "step", "nnz", "density", "epoch_seconds",
+                                                              "test_acc", "train_loss")} for r in epochs]})
+            save_structure(cfg, "gradual", s, seed, model, say)
+            structures[("gradual", s)] = pruning.model_masks(model)
+            records += retrain(structures[("gradual", s)], s, "gradual", seed, arrays, cfg, w0, say)
+    return records, structures
+
+
+# ---- tables ---------------------------------------------------------------------------------
+def table_rows(records, sparsities):
+    """[(sparsity, {column: (mean, std, n)})], accuracies in percent; dense fills every row."""
+    def stats(accs):
+        a = 100 * np.asarray(accs)
+        return (float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)) if len(a) else None
+
+    rows = []
+    dense = stats([r["test_acc"] for r in records if r["method"] == "dense"])
+    for s in sparsities:
+        cols = {"dense trained": dense}
+        for method, stage in COLUMNS[1:]:
+            accs = [r["test_acc"] for r in records
+                    if r["method"] == method and r["stage"] == stage and r["sparsity"] == s]
+            cols[f"{method} {stage}"] = stats(accs)
+        rows.append((s, cols))
+    return rows
+
+
+def format_table(rows) -> str:
+    names = [f"{m} {st}" for m, st in COLUMNS]
+    names = [n for n in names if any(cols.get(n) for _, cols in rows)]
+    head = f"{'sparsity':>8} " + " ".join(f"{n:>18}" for n in names)
+    lines = [head, "-" * len(head)]
+    for s, cols in rows:
+        cells = [f"{cols[n][0]:6.2f} +- {cols[n][1]:4.2f} " if cols[n] else f"{'-':>17} " for n in names]
+        lines.append(f"{100 * s:7.1f}% " + " ".join(f"{c:>18}" for c in cells))
+    n = max((c[2] for _, cols in rows for c in cols.values() if c), default=0)
+    lines.append(f"test accuracy in %, mean +- standard deviation over {n} seed(s)")
+    return "\n".join(lines)
+
+
+def write_csv(path, rows) -> None:
+    names = [f"{m} {st}" for m, st in COLUMNS]
+    keys = [k.replace(" ", "_") for k in names]
+    with open(path, "w") as f:
+        f.write("sparsity," + ",".join(f"{k}_mean,{k}_std,{k}_n" for k in keys) + "\n")
+        for s, cols in rows:
+            cells = [f"{c[0]:.4f},{c[1]:.4f},{c[2]}" if c else ",,0" for c in (cols[n] for n in names)]
+            f.write(f"{s}," + ",".join(cells) + "\n")
+
+
+def measure_speed(arrays, cfg, masks_by_sparsity, n_images=10_000, repeats=3):
+    """Seconds per training epoch (all of arrays.x_train) at each sparsity, in both forms a
+    pruned layer can take: dense BLAS with a mask re-applied after every step (what a
+    GradualPruner does above the crossover) and CSR (below it). Each is one ``fit`` epoch on
+    ``n_images`` images, repeated and interleaved; the minimum is kept, as the time least
+    disturbed by other work on the machine, then scaled to the full training set."""
+    build = MODELS[cfg["model"]]["build"]
+    subset = ArrayData(arrays.x_train[:n_images].copy(), arrays.y_train[:n_images].copy(),
+                       arrays.x_test[:100].copy(), arrays.y_test[:100].copy())
+    scale = len(arrays.x_train) / len(subset.x_train)
+    never = 10**9  # a pruner that never prunes again, only re-applies its masks
+
+    def one_epoch(sparsity, form):
+        model = build(np.random.default_rng(0), masks=masks_by_sparsity[sparsity] if form == "csr" else None)
+        callbacks = []
+        if form == "dense" and sparsity > 0:
+            pruner = pruning.GradualPruner(model, sparsity, begin=never, end=never + 1, scope=cfg["scope"],
+                                           crossover=0.0)
+            pruner.prune_to(model, None, pruner.targets(never + 1))
+            callbacks = [pruner]
+        opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
+        s = fit(model, subset, opt, schedules.Constant(0.01), epochs=1, batch_size=cfg["batch_size"], seed=0,
+                callbacks=callbacks, progress=False, log=lambda *a: None)
+        return scale * s["epoch_seconds"][0]
+
+    runs = [(0.0, "dense")] + [(s, form) for s in sorted(masks_by_sparsity) for form in ("dense", "csr")]
+    best = {run: math.inf for run in runs}
+    for _ in range(repeats):
+        for run in runs:
+            best[run] = min(best[run], one_epoch(*run))
+    return [{"sparsity": s, "form": form, "epoch_seconds": best[(s, form)],
+             "nnz": sum(m.nnz for m in masks_by_sparsity[s]) if s else None} for s, form in runs]
+
+
+def speed_markdown(speed, gradual_log, cfg, n_train) -> str:
+    """Two Markdown tables: time per epoch against sparsity, and through one gradual run."""
+    dense = next(r["epoch_seconds"] for r in speed if r["sparsity"] == 0)
+    repeats = "a single run (--quick)" if cfg["quick"] else "best of 3 interleaved runs"
+    full = {name: n_out * n_in for name, (n_out, n_in) in cfg["layer_shapes"].items()}
+    total = sum(full.values())
+    lines = [f"Seconds per training epoch of {MODELS[cfg['model']]['about']} ({n_train:,} images, batch "
+             f"{cfg['batch_size']}, evaluation excluded; {repeats}). A gradual pruner keeps a "
+             f"layer dense (BLAS + mask) until its density drops below {cfg['crossover']}, then turns it CSR.", "",
+             "| sparsity | nnz | dense + mask (s/epoch) | CSR (s/epoch) | CSR vs dense |", "|---:|---:|---:|---:|---:|",
+             f"| 0 | {total:,} | {dense:.2f} | - | - |"]
+    for s in sorted({r["sparsity"] for r in speed if r["sparsity"]}):
+        d = next(r for r in speed if r["sparsity"] == s and r["form"] == "dense")
+        c = next(r for r in speed if r["sparsity"] == s and r["form"] == "csr")
+        lines.append(f"| {s:g} | {c['nnz']:,} | {d['epoch_seconds']:.2f} | {c['epoch_seconds']:.2f} | "
+                     f"{d['epoch_seconds'] / c['epoch_seconds']:.1f}x |")
+    if gradual_log:
+        run = max(gradual_log, key=lambda r: (r["sparsity"], -r["seed"]))
+        lines += ["", f"Through one gradual run to {100 * run['sparsity']:g}% sparsity (seed {run['seed']}): "
+                  "stored weights (a masked dense layer stores all) and seconds per epoch.", "",
+                  "| epoch | sparsity reached | stored nnz | layers | s/epoch |", "|---:|---:|---:|:---|---:|"]
+        for e in run["epochs"]:
+            recs = [h for h in run["pruning"] if h["step"] is not None and h["step"] <= e["step"]]
+            latest = {h["layer"]: h for h in recs}
+            reached = 1 - sum(latest[n]["nnz"] if n in latest else full[n] for n in full) / total
+            kinds = ", ".join(f"{k}:{h['kind']}" for k, h in latest.items()) or "all dense"
+            lines.append(f"| {e['epoch']} | {100 * reached:.1f}% | {e['nnz']:,} | {kinds} | {e['epoch_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path, rows) -> None:
+    """Accuracy against sparsity. Both axes are stretched by -log(1 - value), so 90%, 99% and
+    99.9% are evenly spaced on each: the differences that matter (98.5% against 97.5%) stay
+    visible beside a collapse to 14%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def stretch(v):  # v in percent
+        return -np.log10(np.clip(100.0 - np.asarray(v, dtype=float), 1e-3, None) / 100.0)
+
+    def unstretch(u):
+        return 100.0 - 100.0 * 10.0 ** (-np.asarray(u, dtype=float))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [100 * s for s, _ in rows]
+    for method, stage in COLUMNS:
+        name = f"{method} {stage}"
+        pts = [(x, cols[name]) for x, (_, cols) in zip(xs, rows) if cols.get(name)]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
+                        marker="o", capsize=3, label=name, linestyle="--" if method == "dense" else "-")
+    ax.set_xscale("function", functions=(stretch, unstretch))
+    ax.set_yscale("function", functions=(stretch, unstretch))
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x:g}" for x in xs])
+    ticks = [t for t in (10, 50, 80, 90, 95, 97, 98, 99, 99.5) if t >= min(ax.get_ylim()[0], 99)]
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([f"{t:g}" for t in ticks])
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _write_json(path, obj, indent=1) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=indent)
+
+
+# ---- main ---------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    spec = MODELS[args.model]
+
+    # ---- data ----------------------------------------------------------------------------
+    ds = data.load(spec["dataset"], root=args.data_dir)
+    arrays = ArrayData.from_dataset(ds)
+    if args.quick:  # the first images of each set: a smoke test, not a measurement
+        n, m = DEFAULTS["quick_train"], DEFAULTS["quick_test"]
+        arrays = ArrayData(arrays.x_train[:n].copy(), arrays.y_train[:n].copy(),
+                           arrays.x_test[:m].copy(), arrays.y_test[:m].copy())
+    print(f"data: {ds.name} from {ds.source} ({len(arrays.x_train):,} train, {len(arrays.x_test):,} test)")
+
+    # ---- configuration: gradual pruning steps resolved from epochs --------------------------
+    cfg = vars(args).copy()
+    cfg["steps_per_epoch"] = spe = math.ceil(len(arrays.x_train) / args.batch_size)
+    total = args.epochs * spe
+    cfg["prune_end_step"] = end = max(2, round(args.prune_end * total))
+    cfg["prune_begin_step"] = begin = min(round(args.prune_begin * spe), end // 2)
+    cfg["prune_every_steps"] = min(args.prune_every, max(1, (end - begin) // 10))  # >= 10 pruning steps
+    cfg["seed_list"] = list(range(args.first_seed, args.first_seed + args.seeds))
+    cfg["layer_shapes"] = {l.name: list(l.shape) for l in spec["build"](np.random.default_rng(0)).weight_layers()}
+    cfg["sparsenn_version"] = sparsenn.__version__
+    print("configuration:", json.dumps(cfg, sort_keys=True))
+    print(f"model: {spec['about']}; gradual pruning from step {begin} to {end} every "
+          f"{cfg['prune_every_steps']} steps, then fine-tuning to step {total}")
+    thread_info()
+
+    # ---- the study ---------------------------------------------------------------------
+    records, gradual_log, first_masks = [], [], {}
+    for seed in cfg["seed_list"]:
+        recs, structures = run_seed(seed, arrays, cfg, gradual_log)
+        records += recs
+        for (method, s), masks in structures.items():  # the first seed's, gradual ones preferred
+            if s not in first_masks or method == "gradual" and seed == cfg["seed_list"][0]:
+                first_masks[s] = masks
+        if args.json:  # after each seed, so a long run that stops keeps what it has
+            _write_json(args.json, records)
+
+    # ---- results -------------------------------------------------------------------------
+    rows = table_rows(records, args.sparsities)
+    print()
+    print(f"{spec['about']} on {ds.name}: prune, then retrain on the pruned structure")
+    print(format_table(rows))
+    print("Alford et al. 2019 (%):", json.dumps({str(k): v for k, v in REFERENCE_2019.items()}))
+    elapsed = time.perf_counter() - t_start
+    print(f"elapsed {elapsed / 60:.1f} min")
+    if args.json:
+        _write_json(args.json, records)
+        print(f"records: {args.json}")
+    if args.csv:
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+        write_csv(args.csv, rows)
+        print(f"table: {args.csv}")
+    if args.speed:
+        print("measuring time per epoch against sparsity (dense + mask vs CSR) ...", flush=True)
+        speed = measure_speed(arrays, cfg, first_masks, repeats=1 if args.quick else 3)
+        text = speed_markdown(speed, gradual_log, cfg, len(arrays.x_train))
+        os.makedirs(os.path.dirname(os.path.abspath(args.speed)), exist_ok=True)
+        with open(args.speed, "w") as f:
+            f.write(text)
+        _write_json(os.path.splitext(args.speed)[0] + ".json", speed)
+        print(text)
+    if args.gradual_log:
+        _write_json(args.gradual_log, {"config": cfg, "runs": gradual_log}, indent=None)
+    if args.plot:
+        plot(args.plot, rows)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
