@@ -50,7 +50,7 @@ import numpy as np
 import sparsenn
 from sparsenn import data, pruning, schedules
 from sparsenn.io import save_masks
-from sparsenn.models import lenet300
+from sparsenn.models import lenet300, lenet5
 from sparsenn.optim import SGD
 from sparsenn.runtime import thread_info
 from sparsenn.train import ArrayData, evaluate, fit
@@ -61,8 +61,17 @@ def build_lenet300(rng, masks=None, fan="actual"):
     return lenet300("dense", rng, masks=masks, fan=fan)
 
 
+def build_lenet5(rng, masks=None, fan="actual"):
+    return lenet5("mnist", "dense", rng, masks=masks, fan=fan)
+
+
+# epochs: each run's length; warmup: steps of linear learning-rate warm-up (LeNet-5's first
+# steps blow up at lr 0.05 without it, see examples/lenet5.py)
 MODELS = {
-    "lenet300": dict(build=build_lenet300, dataset="mnist", about="LeNet-300-100, 784-300-100-10, ReLU"),
+    "lenet300": dict(build=build_lenet300, dataset="mnist", about="LeNet-300-100, 784-300-100-10, ReLU",
+                     epochs=20, warmup=0),
+    "lenet5": dict(build=build_lenet5, dataset="mnist", epochs=5, warmup=200,
+                   about="LeNet-5 (TensorFlow variant: conv 20, conv 50, LRN, 2450-384-10)"),
 }
 
 # ---- defaults: the whole study takes ~6 minutes per seed on 2 cores (~30 training runs) ----
@@ -70,7 +79,7 @@ DEFAULTS = dict(
     model="lenet300",
     sparsities=[0.5, 0.75, 0.9, 0.95, 0.99],
     seeds=1,
-    epochs=20,             # dense, gradual and every retraining run (examples/lenet300.py's)
+    epochs=None,           # per model (MODELS): dense, gradual and every retraining run
     batch_size=100,        # as in the 2019 study
     lr=0.05,               # SGD, Nesterov momentum 0.9, cosine decay to 0 over each run
     momentum=0.9,
@@ -106,7 +115,8 @@ def parse_args(argv=None):
                         f"with --quick {DEFAULTS['quick_sparsities']})")
     p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="run seeds 0 .. N-1")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs per run (default {DEFAULTS['epochs']}, quick 2)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default: 20 for lenet300, 5 for lenet5; quick 2)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"])
@@ -138,7 +148,7 @@ def parse_args(argv=None):
     if args.sparsities is None:
         args.sparsities = DEFAULTS["quick_sparsities" if args.quick else "sparsities"]
     if args.epochs is None:
-        args.epochs = DEFAULTS["quick_epochs" if args.quick else "epochs"]
+        args.epochs = DEFAULTS["quick_epochs"] if args.quick else MODELS[args.model]["epochs"]
     for s in args.sparsities:
         if not 0 <= s < 1:
             p.error(f"--sparsities must be in [0, 1), got {s}")
@@ -162,7 +172,8 @@ def train(model, arrays, cfg, seed, callbacks=()):
     opt = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0,
               weight_decay=cfg["weight_decay"])
     total = cfg["epochs"] * cfg["steps_per_epoch"]
-    summary = fit(model, arrays, opt, schedules.Cosine(cfg["lr"], total), epochs=cfg["epochs"],
+    warmup = min(MODELS[cfg["model"]]["warmup"], total // 10)
+    summary = fit(model, arrays, opt, schedules.Cosine(cfg["lr"], total, warmup=warmup), epochs=cfg["epochs"],
                   batch_size=cfg["batch_size"], seed=seed, callbacks=callbacks, progress=cfg["progress"],
                   log=print if cfg["verbose"] else (lambda *a: None))
     return summary, opt

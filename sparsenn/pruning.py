@@ -279,13 +279,16 @@ def to_sparse(model, layer, optimizer=None, mask=None) -> SparseLinear:
     mask = (w != 0) if mask is None else np.asarray(mask, dtype=bool)
     if mask.shape != w.shape:
         raise ValueError(f"{layer.name}: mask shape {mask.shape} != weight shape {w.shape}")
-    # the constructor draws initial weights from this throwaway generator; they are overwritten
-    new = SparseLinear(mask, np.random.default_rng(0), bias=layer.bias is not None, dtype=layer.dtype,
-                       name=layer.name)
-    new.weight.value[...] = w[mask]
-    new.weight.decay = layer.weight.decay
-    if layer.bias is not None:
-        new.bias = layer.bias
+    if hasattr(layer, "to_sparse"):  # Conv2d -> SparseConv2d with the same geometry
+        new = layer.to_sparse(mask)  # copies W[mask] and weight.decay, shares the bias
+    else:
+        # the constructor draws initial weights from this throwaway generator; they are overwritten
+        new = SparseLinear(mask, np.random.default_rng(0), bias=layer.bias is not None, dtype=layer.dtype,
+                           name=layer.name)
+        new.weight.value[...] = w[mask]
+        new.weight.decay = layer.weight.decay
+        if layer.bias is not None:
+            new.bias = layer.bias
     if optimizer is not None:
         _swap_param(optimizer, layer.weight, new.weight, lambda arr: arr[mask])
     _replace_layer(model, layer, new)
