@@ -665,6 +665,7 @@ def _download_idx(subdir, root, checksums, mirrors, failures) -> Path | None:
     """Download the missing IDX files into the first writable target; its directory, or None."""
     for base in _download_roots(root):
         directory = base / subdir
+        existed = directory.exists()
         if not _writable_dir(directory):
             failures.append(f"{directory}: cannot create or write the directory")
             continue
@@ -674,7 +675,9 @@ def _download_idx(subdir, root, checksums, mirrors, failures) -> Path | None:
                 check = _idx_download_check(stem, checksums)
                 if not _fetch(urls, directory / f"{stem}.gz", check, failures):
                     # Every mirror failed for this file; another target directory would not
-                    # change that, so stop here.
+                    # change that, so stop here, leaving no empty directory behind.
+                    if not existed and not any(directory.iterdir()):
+                        directory.rmdir()
                     return None
         return directory
     return None
