@@ -47,7 +47,6 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import scipy
-import scipy.sparse as sp
 
 from sparsenn.csr import CSRPattern, balanced_row_splits
 from sparsenn.kernels import sddmm, spmm

@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 
 import numpy as np
 
-import sparsenn
+import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
 from sparsenn import checkpoint, data, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import TOPOLOGIES, layer_table, lenet300
 from sparsenn.optim import SGD, Adam
 from sparsenn.runtime import thread_info
-from sparsenn.train import ArrayData, TrainingDiverged, fit
+from sparsenn.train import ArrayData, TrainingDiverged, fit, format_summary
 
 # ---- defaults: each chosen to train well in a few minutes on 2 cores ---------------------------
 DEFAULTS = dict(
@@ -124,12 +123,7 @@ def main(argv=None) -> int:
         return 1
 
     # ---- summary ---------------------------------------------------------------------------
-    times = summary["epoch_seconds"]
-    print(f"final test accuracy {100 * summary['test_acc']:.2f}% (best {100 * summary['best_test_acc']:.2f}%), "
-          f"{summary['nnz']:,} connections (density {summary['density']:.4f})")
-    if times:
-        print(f"time per epoch: median {np.median(times):.2f} s, min {min(times):.2f} s over {len(times)} epochs "
-              f"(training steps only; evaluation excluded)")
+    print(format_summary(summary))
     return 0
 
 

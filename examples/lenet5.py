@@ -30,7 +30,7 @@ from sparsenn.io import load_masks
 from sparsenn.models import LENET5_TOPOLOGIES, LENET5_VARIANTS, layer_table, lenet5
 from sparsenn.optim import SGD, Adam
 from sparsenn.runtime import thread_info
-from sparsenn.train import ArrayData, TrainingDiverged, fit
+from sparsenn.train import ArrayData, TrainingDiverged, fit, format_summary
 
 # ---- defaults: each chosen to train well in minutes on 2 cores ---------------------------------
 DEFAULTS = dict(
@@ -170,12 +170,7 @@ def main(argv=None) -> int:
         return 1
 
     # ---- summary ---------------------------------------------------------------------------
-    times = summary["epoch_seconds"]
-    print(f"final test accuracy {100 * summary['test_acc']:.2f}% (best {100 * summary['best_test_acc']:.2f}%), "
-          f"{summary['nnz']:,} connections (density {summary['density']:.4f})")
-    if times:
-        print(f"time per epoch: median {np.median(times):.2f} s, min {min(times):.2f} s over {len(times)} epochs "
-              f"(training steps only; evaluation excluded)")
+    print(format_summary(summary))
     return 0
 
 

@@ -111,7 +111,6 @@ def balanced_row_splits(indptr, n_parts: int) -> np.ndarray:
     with most of the work. Rows are never split, so a row's outputs have one writer.
     """
     n_out = len(indptr) - 1
-    nnz = int(indptr[-1])
     if n_parts <= 1 or n_out == 0:
         return np.array([0, n_out], dtype=np.int64)
     # Weight each row by nnz + a constant so empty rows (which still write their output

@@ -222,3 +222,14 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         "density": nnz / full,
         "history": history,
     }
+
+
+def format_summary(summary: dict) -> str:
+    """The closing lines of a training script: final accuracy, connections, time per epoch."""
+    lines = [f"final test accuracy {100 * summary['test_acc']:.2f}% (best {100 * summary['best_test_acc']:.2f}%), "
+             f"{summary['nnz']:,} connections (density {summary['density']:.4f})"]
+    times = summary["epoch_seconds"]
+    if times:
+        lines.append(f"time per epoch: median {np.median(times):.2f} s, min {min(times):.2f} s over "
+                     f"{len(times)} epochs (training steps only; evaluation excluded)")
+    return "\n".join(lines)
