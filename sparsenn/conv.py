@@ -345,6 +345,14 @@ class MaxPool2d(Layer):
         return f"MaxPool2d({self.kernel_size}, stride {self.stride}, padding {self.padding!r})"
 
 
+def _channels_first(x, who: str) -> np.ndarray:
+    """Validate a (C, ..., batch) activation at a layer's boundary; return it C-contiguous."""
+    if not isinstance(x, np.ndarray) or x.ndim < 2:
+        raise ValueError(f"{who}: input must be an array (C, H, W, batch), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    return np.ascontiguousarray(x)
+
+
 class LocalResponseNorm(Layer):
     """Local response normalisation across channels, as TensorFlow's ``tf.nn.lrn``:
 
@@ -368,10 +376,7 @@ class LocalResponseNorm(Layer):
 
     def forward(self, x):
         """x: (C, ...) -> y = x * d^(-beta), d = bias + alpha * windowed sum of x^2 over channels."""
-        if not isinstance(x, np.ndarray) or x.ndim < 2:
-            raise ValueError(f"{self.name}: input must be an array (C, H, W, batch), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        x = np.ascontiguousarray(x)
+        x = _channels_first(x, self.name)
         if self._out is None or self._out.shape != x.shape or self._out.dtype != x.dtype:
             self._out = np.empty_like(x)
             self._d, self._dpow = np.empty_like(x), np.empty_like(x)
@@ -410,10 +415,7 @@ class Flatten(Layer):
         self._shape = None
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray) or x.ndim < 2:
-            raise ValueError(f"{self.name}: input must be an array (C, H, W, batch), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        x = np.ascontiguousarray(x)
+        x = _channels_first(x, self.name)
         self._shape = x.shape
         return x.reshape(-1, x.shape[-1])
 
