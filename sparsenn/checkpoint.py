@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from sparsenn.csr import CSRPattern
+from sparsenn.device import backend_of
 from sparsenn.io import atomic_savez
 from sparsenn.layers import SparseLinear
 
@@ -36,7 +37,7 @@ def model_arrays(model) -> dict:
         out[f"pattern.{i}.indices"] = p.indices
         out[f"pattern.{i}.shape"] = np.asarray(p.shape, dtype=np.int64)
     for j, param in enumerate(model.parameters()):
-        out[f"param.{j}"] = param.value
+        out[f"param.{j}"] = param.host()
     return out
 
 
@@ -62,7 +63,7 @@ def load_model_arrays(model, arrays, source: str = "checkpoint") -> None:
         if value.shape != param.value.shape:
             raise ValueError(f"{source}: parameter {param.name} has shape {value.shape} in the file, "
                              f"{param.value.shape} in the model; different model?")
-        param.value[...] = value
+        backend_of(param.value).assign(param.value, value)
 
 
 def save_checkpoint(path, model, optimizer=None, step: int = 0, epoch: int = 0, rng=None,
@@ -102,7 +103,7 @@ def restore(ckpt: dict, model, optimizer=None, rng=None, source: str = "checkpoi
     load_model_arrays(model, ckpt, source=source)
     if optimizer is not None:
         # optimiser state must follow the (possibly re-patterned) parameters
-        optimizer.state = [{n: np.zeros_like(p.value) for n in optimizer.state_names} for p in optimizer.params]
+        optimizer.zero_state()
         optimizer.load_state_dict(ckpt)
     if rng is not None and "rng_state" in ckpt:
         rng.bit_generator.state = ckpt["rng_state"]

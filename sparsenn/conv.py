@@ -32,17 +32,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparsenn.im2col import (
-    col2im,
-    conv_geometry,
-    im2col,
-    lrn_backward,
-    lrn_forward,
-    maxpool_backward,
-    maxpool_forward,
-)
-from sparsenn.kernels import sddmm, spmm
-from sparsenn.layers import Layer, Linear, SparseLinear
+from sparsenn import backend_cpu
+from sparsenn.im2col import conv_geometry
+from sparsenn.layers import Layer, Linear, SparseLinear, _check_array, _contiguous
 from sparsenn.runtime import matmul
 
 
@@ -65,16 +57,15 @@ def _check_padding(padding, who: str):
     return int(pair[0]), int(pair[1])
 
 
-def _check_image(x, channels: int, dtype, who: str, input_shape=None):
+def _check_image(x, channels: int, dtype, who: str, input_shape=None, ops=backend_cpu):
     """Validate an image activation at a public boundary; returns the (C, H, W, batch) view.
 
     x: (C, H, W, batch), or (C*H*W, batch) when ``input_shape = (C, H, W)`` is known.
     """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{who}: input must be a numpy.ndarray, got {type(x).__name__}")
+    _check_array(x, ops, who)
     if x.dtype != dtype:
         raise TypeError(f"{who}: input dtype must be {np.dtype(dtype).name}, got {x.dtype}")
-    if not x.flags.c_contiguous:
+    if not _contiguous(x):
         raise ValueError(f"{who}: input must be C-contiguous (use np.ascontiguousarray)")
     if x.ndim == 2 and input_shape is not None:
         n = int(np.prod(input_shape))
@@ -126,7 +117,8 @@ class _Im2colConv:
     def forward(self, x):
         """x: (C_in, H, W, batch) [or (C_in*H*W, batch) with input_shape] ->
         y = W @ im2col(x) + b: (C_out, H_out, W_out, batch)."""
-        x4 = _check_image(x, self.in_channels, self.dtype, self.name, self.input_shape)
+        ops = self.ops
+        x4 = _check_image(x, self.in_channels, self.dtype, self.name, self.input_shape, ops)
         C, H, W, B = x4.shape
         kh, kw = self.kernel_size
         sh, sw = self.stride
@@ -134,25 +126,17 @@ class _Im2colConv:
         if self._x_shape != x4.shape:  # new batch size or image size: new buffers, once
             self._x_shape = x4.shape
             self._geom = (kh, kw, sh, sw, ph, pw, out_h, out_w)
-            self._cols = np.empty((C * kh * kw, out_h * out_w * B), dtype=self.dtype)
+            self._cols = ops.empty((C * kh * kw, out_h * out_w * B), self.dtype)
             self._dcols = None
-            self._out = np.empty((self.out_channels, out_h, out_w, B), dtype=self.dtype)
+            self._out = ops.empty((self.out_channels, out_h, out_w, B), self.dtype)
             self._dx = None
-        self._patches(x4, self._cols)
+        ops.im2col(x4, *self._geom, self._cols)  # cols: (C_in*kh*kw, H_out*W_out*batch)
         y2 = self._out.reshape(self.out_channels, -1)  # (C_out, H_out*W_out*batch): a view
         self._product(self._cols, y2)
         if self.bias is not None:
-            y2 += self.bias.value[:, None]
+            ops.add_bias(y2, self.bias.value)
         self._in_ndim = x.ndim
         return self._out
-
-    def _patches(self, x4, cols):
-        """cols = im2col(x4): (C_in*kh*kw, H_out*W_out*batch)."""
-        im2col(x4, *self._geom, cols)
-
-    def _col2im(self, dcols, dx4):
-        """dx4 = col2im(dcols), the adjoint of im2col: (C_in, H, W, batch)."""
-        col2im(dcols, *self._geom, dx4)
 
     def backward(self, dy, need_dx: bool = True):
         """y = W cols + b, cols = im2col(x)  =>  dW = dy cols^T (stored entries only when sparse),
@@ -161,20 +145,21 @@ class _Im2colConv:
         dy: (C_out, H_out, W_out, batch) -> dx in the shape x had, or None when ``need_dx`` is
         False (the first layer: skipping it saves the W^T product and the col2im).
         """
-        dy2 = np.ascontiguousarray(dy).reshape(self.out_channels, -1)  # (C_out, H_out*W_out*batch)
+        ops = self.ops
+        dy2 = ops.asarray(dy).reshape(self.out_channels, -1)  # (C_out, H_out*W_out*batch)
         # in the forward pass y[o, n] += W[o, k] * cols[k, n], so dW[o, k] = sum_n dy[o, n] cols[k, n]
         self._weight_grad(dy2, self._cols)
         if self.bias is not None:
-            np.sum(dy2, axis=1, out=self.bias.grad)
+            ops.sum_batch(dy2, self.bias.grad)
         if not need_dx:
             return None
         # ... and cols[k, n] feeds y[o, n] through W[o, k]: dcols = W^T dy; then each patch
         # entry's gradient goes back to the pixel it was copied from (col2im sums the copies).
         if self._dcols is None:
-            self._dcols = np.empty_like(self._cols)
-            self._dx = np.empty(self._x_shape, dtype=self.dtype)
+            self._dcols = ops.empty(self._cols.shape, self.dtype)
+            self._dx = ops.empty(self._x_shape, self.dtype)
         self._input_grad(dy2, self._dcols)
-        self._col2im(self._dcols, self._dx)
+        ops.col2im(self._dcols, *self._geom, self._dx)  # dx: (C_in, H, W, batch)
         return self._dx if self._in_ndim == 4 else self._dx.reshape(-1, self._x_shape[3])
 
     def _describe(self) -> str:
@@ -200,23 +185,30 @@ class Conv2d(_Im2colConv, Linear):
             raise ValueError(f"{name}: in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         Linear.__init__(self, in_channels * kh * kw, out_channels, rng, init=init, bias=bias, dtype=dtype, name=name)
         self._init_conv(in_channels, out_channels, (kh, kw), stride, padding, input_shape)
+
+    def _reset_buffers(self):
+        Linear._reset_buffers(self)
+        self._x_shape = None
         self._grad_t = None
 
     def _product(self, cols, out):
-        matmul(self.weight.value, cols, out)
+        self.ops.matmul(self.weight.value, cols, out)
 
     def _weight_grad(self, dy, cols):
-        # dW^T = cols @ dy^T, then copy the small (K, C_out) result transposed. The same
-        # product as dy @ cols^T, but OpenBLAS splits this orientation well over its threads:
-        # for LeNet-5's conv2 (K = 500, C_out = 50, inner dimension 19600) measured 24 ms
-        # against 135 ms with two threads (equal on one thread).
+        if self.ops is not backend_cpu:
+            self.ops.matmul(dy, cols, self.weight.grad, tb=True)  # dW = dy cols^T
+            return
+        # On the CPU: dW^T = cols @ dy^T, then copy the small (K, C_out) result transposed.
+        # The same product as dy @ cols^T, but OpenBLAS splits this orientation well over its
+        # threads: for LeNet-5's conv2 (K = 500, C_out = 50, inner dimension 19600) measured
+        # 24 ms against 135 ms with two threads (equal on one thread).
         if self._grad_t is None:
             self._grad_t = np.empty(self.shape[::-1], dtype=self.dtype)
         matmul(cols, dy.T, self._grad_t)
         self.weight.grad[...] = self._grad_t.T
 
     def _input_grad(self, dy, dcols):
-        matmul(self.weight.value.T, dy, dcols)
+        self.ops.matmul(self.weight.value, dy, dcols, ta=True)  # dcols = W^T dy
 
     def mask(self):
         """The (full) pattern as a boolean ``scipy.sparse.csr_matrix`` (C_out, C_in*kh*kw), as
@@ -225,7 +217,7 @@ class Conv2d(_Im2colConv, Linear):
 
     def to_dense(self) -> np.ndarray:
         """The filter bank as a ``(C_out, C_in*kh*kw)`` array (a copy)."""
-        return self.weight.value.copy()
+        return self.weight.host().copy()
 
     def to_sparse(self, mask) -> "SparseConv2d":
         """A SparseConv2d with this layer's geometry holding ``W[mask]`` (mask: bool
@@ -238,7 +230,9 @@ class Conv2d(_Im2colConv, Linear):
         new = SparseConv2d(self.in_channels, self.out_channels, self.kernel_size, mask, np.random.default_rng(0),
                            stride=self.stride, padding=self.padding, input_shape=self.input_shape,
                            bias=self.bias is not None, dtype=self.dtype, name=self.name)
-        new.weight.value[...] = self.weight.value[mask]  # row-major = CSR order
+        new.weight.value[...] = self.weight.host()[mask]  # row-major = CSR order
+        if self.ops is not backend_cpu:
+            new.to(self.device)
         new.weight.decay = self.weight.decay
         if self.bias is not None:
             new.bias = self.bias
@@ -279,21 +273,15 @@ class SparseConv2d(_Im2colConv, SparseLinear):
         self._x_shape = None
 
     def _product(self, cols, out):
-        p = self.pattern
-        bounds, _ = self._bounds()
-        spmm(p.indptr, p.indices, self.weight.value, cols, out, bounds)
+        self.ops.spmm(self.pattern, self.weight.value, cols, out)
 
     def _weight_grad(self, dy, cols):
         # dW[k] = dy[row_k] . cols[col_k] for the stored entries k only (SDDMM)
-        p = self.pattern
-        bounds, _ = self._bounds()
-        sddmm(p.indptr, p.indices, dy, cols, self.weight.grad, bounds)
+        self.ops.sddmm(self.pattern, dy, cols, self.weight.grad)
 
     def _input_grad(self, dy, dcols):
         # W^T dy with the transpose index: W's values read in column order through t_perm
-        p = self.pattern
-        _, t_bounds = self._bounds()
-        spmm(p.t_indptr, p.t_rows, self.weight.value, dy, dcols, t_bounds, p.t_perm)
+        self.ops.spmm_t(self.pattern, self.weight.value, dy, dcols)
 
     def __repr__(self):
         return f"SparseConv2d({self._describe()}, nnz={self.nnz}, density={self.pattern.density:.4f})"
@@ -313,24 +301,28 @@ class MaxPool2d(Layer):
                                                   or self.padding[1] >= self.kernel_size[1]):
             raise ValueError(f"{name}: padding {self.padding} must be smaller than the window "
                              f"{self.kernel_size}, or a window could hold only padding")
+        self._reset_buffers()
+
+    def _reset_buffers(self):
         self._x_shape = None
 
     def forward(self, x):
         """x: (C, H, W, batch) -> y[c, oh, ow, b] = max over the window: (C, H_out, W_out, batch)."""
-        if not isinstance(x, np.ndarray) or x.ndim != 4:
-            raise ValueError(f"{self.name}: input must be a 4-D array (C, H, W, batch), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        x = np.ascontiguousarray(x)
+        ops = self.ops
+        _check_array(x, ops, self.name)
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: input must be a 4-D array (C, H, W, batch), got shape {x.shape}")
+        x = ops.asarray(x)
         C, H, W, B = x.shape
         kh, kw = self.kernel_size
         out_h, out_w, ph, pw = conv_geometry(H, W, kh, kw, *self.stride, self.padding)
         if self._x_shape != x.shape or self._out.dtype != x.dtype:
             self._x_shape = x.shape
             self._geom = (kh, kw, *self.stride, ph, pw)
-            self._out = np.empty((C, out_h, out_w, B), dtype=x.dtype)
-            self._argmax = np.empty((C, out_h, out_w, B), dtype=np.int32)
-            self._dx = np.empty_like(x)
-        maxpool_forward(x, *self._geom, self._out, self._argmax)
+            self._out = ops.empty((C, out_h, out_w, B), x.dtype)
+            self._argmax = ops.empty((C, out_h, out_w, B), np.int32)
+            self._dx = ops.empty(x.shape, x.dtype)
+        ops.maxpool_forward(x, *self._geom, self._out, self._argmax)
         return self._out
 
     def backward(self, dy, need_dx: bool = True):
@@ -338,19 +330,19 @@ class MaxPool2d(Layer):
         pixel that won it; a pixel that wins several overlapping windows sums their gradients)."""
         if not need_dx:
             return None
-        maxpool_backward(np.ascontiguousarray(dy), self._argmax, self._dx)
+        self.ops.maxpool_backward(self.ops.asarray(dy), self._argmax, self._dx)
         return self._dx
 
     def __repr__(self):
         return f"MaxPool2d({self.kernel_size}, stride {self.stride}, padding {self.padding!r})"
 
 
-def _channels_first(x, who: str) -> np.ndarray:
+def _channels_first(x, who: str, ops):
     """Validate a (C, ..., batch) activation at a layer's boundary; return it C-contiguous."""
-    if not isinstance(x, np.ndarray) or x.ndim < 2:
-        raise ValueError(f"{who}: input must be an array (C, H, W, batch), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    return np.ascontiguousarray(x)
+    _check_array(x, ops, who)
+    if x.ndim < 2:
+        raise ValueError(f"{who}: input must be an array (C, H, W, batch), got shape {x.shape}")
+    return ops.asarray(x)
 
 
 class LocalResponseNorm(Layer):
@@ -372,17 +364,19 @@ class LocalResponseNorm(Layer):
             raise ValueError(f"{name}: need bias > 0, alpha >= 0, beta >= 0, got {bias}, {alpha}, {beta}")
         self.name = name
         self.depth_radius, self.bias, self.alpha, self.beta = int(depth_radius), float(bias), float(alpha), float(beta)
+        self._reset_buffers()
+
+    def _reset_buffers(self):
         self._out = None
 
     def forward(self, x):
         """x: (C, ...) -> y = x * d^(-beta), d = bias + alpha * windowed sum of x^2 over channels."""
-        x = _channels_first(x, self.name)
+        ops = self.ops
+        x = _channels_first(x, self.name, ops)
         if self._out is None or self._out.shape != x.shape or self._out.dtype != x.dtype:
-            self._out = np.empty_like(x)
-            self._d, self._dpow = np.empty_like(x), np.empty_like(x)
-            self._t, self._dx = np.empty_like(x), np.empty_like(x)
+            self._out, self._d, self._dpow, self._t, self._dx = (ops.empty(x.shape, x.dtype) for _ in range(5))
         C = x.shape[0]
-        lrn_forward(x.reshape(C, -1), self.depth_radius, self.bias, self.alpha, self.beta,
+        ops.lrn_forward(x.reshape(C, -1), self.depth_radius, self.bias, self.alpha, self.beta,
                     self._d.reshape(C, -1), self._dpow.reshape(C, -1), self._out.reshape(C, -1))
         self._x = x
         return self._out
@@ -394,7 +388,7 @@ class LocalResponseNorm(Layer):
             return None
         C = self._x.shape[0]
         v = lambda a: a.reshape(C, -1)  # noqa: E731 - (C, H*W*batch) views for the kernel
-        lrn_backward(v(self._x), v(self._out), v(self._d), v(self._dpow), v(np.ascontiguousarray(dy)),
+        self.ops.lrn_backward(v(self._x), v(self._out), v(self._d), v(self._dpow), v(self.ops.asarray(dy)),
                      self.depth_radius, self.alpha, self.beta, v(self._t), v(self._dx))
         return self._dx
 
@@ -415,9 +409,9 @@ class Flatten(Layer):
         self._shape = None
 
     def forward(self, x):
-        x = _channels_first(x, self.name)
+        x = _channels_first(x, self.name, self.ops)
         self._shape = x.shape
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[x.ndim - 1])  # (not shape[-1]: the CUDA simulator's arrays lack it)
 
     def backward(self, dy, need_dx: bool = True):
         """y = reshape(x)  =>  dx = reshape(dy) back to (C, H, W, batch)."""

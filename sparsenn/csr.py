@@ -19,7 +19,7 @@ per input feature: no atomics, no scatter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -137,6 +137,8 @@ class CSRPattern:
     t_indptr: np.ndarray
     t_rows: np.ndarray
     t_perm: np.ndarray
+    # what the backends derive from the pattern once (thread splits, copies on the GPU)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_arrays(cls, indptr, indices, shape, name: str = "pattern") -> "CSRPattern":
@@ -180,6 +182,15 @@ class CSRPattern:
         if data is None:
             data = np.ones(self.nnz, dtype=bool)
         return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
+
+    def splits(self, n_parts: int) -> tuple:
+        """(bounds of W's rows, bounds of W^T's rows) in ``n_parts`` chunks balanced by
+        nonzeros (:func:`balanced_row_splits`), computed once per part count."""
+        key = ("splits", n_parts)
+        if key not in self.cache:
+            self.cache[key] = (balanced_row_splits(self.indptr, n_parts),
+                               balanced_row_splits(self.t_indptr, n_parts))
+        return self.cache[key]
 
     def nbytes(self) -> int:
         """Bytes to store the weights in CSR: indptr + indices + float32 data."""

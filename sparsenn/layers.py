@@ -6,17 +6,22 @@ step to step: the array a ``forward`` returns is overwritten by the next ``forwa
 layer, so copy it if you need to keep it.
 
 Gradients are *overwritten* by each ``backward`` (not accumulated): one backward per step.
+
+Devices. A layer does its arithmetic through ``self.ops``, the backend of the device its
+parameters live on: :mod:`sparsenn.backend_cpu` (NumPy and Numba kernels) by default, or
+:mod:`sparsenn.backend_cuda` after ``layer.to("cuda")`` (numba.cuda kernels, every array on
+the GPU). Both backends offer the same operations, so each forward and backward below is
+written once and reads the same on either device.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from sparsenn import backend_cpu
 from sparsenn import init as initializers
-from sparsenn.csr import CSRPattern, balanced_row_splits
-from sparsenn.kernels import sddmm, spmm
-from sparsenn.runtime import matmul
+from sparsenn.csr import CSRPattern
+from sparsenn.device import backend
 
 
 class Parameter:
@@ -28,14 +33,34 @@ class Parameter:
         self.name = name
         self.decay = decay
 
+    def to(self, ops) -> None:
+        """Move the value to the backend ``ops`` (a copy); the gradient starts at zero there."""
+        self.value = ops.asarray(self.host())
+        self.grad = ops.zeros(self.value.shape, self.value.dtype)
+
+    def host(self) -> np.ndarray:
+        """The value as a NumPy array (the array itself on the CPU, a copy from a GPU)."""
+        return self.value if backend_cpu.is_array(self.value) else self.value.copy_to_host()
+
     def __repr__(self):
         return f"Parameter({self.name}, shape={self.value.shape}, dtype={self.value.dtype})"
 
 
-def _check_input(x, n_in: int, dtype, who: str):
+def _check_array(x, ops, who: str):
+    """The input must live where the layer's parameters live."""
+    if not ops.is_array(x):
+        kind = "a numpy.ndarray" if ops.name == "cpu" else "a CUDA device array"
+        raise TypeError(f"{who}: the layer is on device {ops.name!r}, so its input must be {kind}, "
+                        f"got {type(x).__name__} (move the model and its data together: model.to(device))")
+
+
+def _contiguous(x) -> bool:
+    return x.flags.c_contiguous if isinstance(x, np.ndarray) else x.is_c_contiguous()
+
+
+def _check_input(x, n_in: int, dtype, who: str, ops=backend_cpu):
     """Validate a features-major activation at a public boundary (never inside a kernel)."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{who}: input must be a numpy.ndarray, got {type(x).__name__}")
+    _check_array(x, ops, who)
     if x.ndim != 2:
         raise ValueError(f"{who}: input must be 2-D (n_features, batch), got shape {x.shape}")
     if x.shape[0] != n_in:
@@ -45,15 +70,36 @@ def _check_input(x, n_in: int, dtype, who: str):
         )
     if x.dtype != dtype:
         raise TypeError(f"{who}: input dtype must be {np.dtype(dtype).name}, got {x.dtype}")
-    if not x.flags.c_contiguous:
+    if not _contiguous(x):
         raise ValueError(f"{who}: input must be C-contiguous (use np.ascontiguousarray)")
 
 
 class Layer:
-    """Base class: ``forward(x) -> y``, ``backward(dy, need_dx=True) -> dx``, ``parameters()``."""
+    """Base class: ``forward(x) -> y``, ``backward(dy, need_dx=True) -> dx``, ``parameters()``,
+    ``to(device)``."""
+
+    ops = backend_cpu  # the operations of the device this layer is on; see the module docstring
 
     def parameters(self) -> list:
         return []
+
+    @property
+    def device(self) -> str:
+        return self.ops.name
+
+    def to(self, device: str):
+        """Move the parameters to ``device`` ("cpu" or "cuda") and compute there from now on.
+        Buffers from earlier steps are dropped; an optimiser must be created (or its state
+        moved) after the move. Returns the layer."""
+        ops = backend(device)
+        for p in self.parameters():
+            p.to(ops)
+        self.ops = ops
+        self._reset_buffers()
+        return self
+
+    def _reset_buffers(self):
+        """Forget the buffers kept between steps (the next forward reallocates them)."""
 
     def __call__(self, x):
         return self.forward(x)
@@ -71,6 +117,9 @@ class Linear(Layer):
         self.name = name
         self.weight = Parameter(initializers.dense_weights(init, self.shape, rng, dtype=dtype), f"{name}.weight")
         self.bias = Parameter(np.zeros(n_out, dtype=dtype), f"{name}.bias", decay=False) if bias else None
+        self._reset_buffers()
+
+    def _reset_buffers(self):
         self._x = None
         self._out = self._dx = None
 
@@ -83,12 +132,13 @@ class Linear(Layer):
 
     def forward(self, x):
         """x: (n_in, batch) -> y = W x + b: (n_out, batch)."""
-        _check_input(x, self.shape[1], self.dtype, self.name)
+        ops = self.ops
+        _check_input(x, self.shape[1], self.dtype, self.name, ops)
         if self._out is None or self._out.shape[1] != x.shape[1]:
-            self._out = np.empty((self.shape[0], x.shape[1]), dtype=self.dtype)
-        matmul(self.weight.value, x, self._out)
+            self._out = ops.empty((self.shape[0], x.shape[1]), self.dtype)
+        ops.matmul(self.weight.value, x, self._out)
         if self.bias is not None:
-            self._out += self.bias.value[:, None]
+            ops.add_bias(self._out, self.bias.value)  # out[r, :] += b[r]
         self._x = x
         return self._out
 
@@ -97,15 +147,15 @@ class Linear(Layer):
 
         dy: (n_out, batch) -> dx: (n_in, batch), or None when ``need_dx`` is False.
         """
-        x = self._x
-        matmul(dy, x.T, self.weight.grad)
+        ops, x = self.ops, self._x
+        ops.matmul(dy, x, self.weight.grad, tb=True)  # dW = dy x^T
         if self.bias is not None:
-            np.sum(dy, axis=1, out=self.bias.grad)
+            ops.sum_batch(dy, self.bias.grad)
         if not need_dx:
             return None
         if self._dx is None or self._dx.shape != x.shape:
-            self._dx = np.empty_like(x)
-        matmul(self.weight.value.T, dy, self._dx)
+            self._dx = ops.empty(x.shape, self.dtype)
+        ops.matmul(self.weight.value, dy, self._dx, ta=True)  # dx = W^T dy
         return self._dx
 
     def __repr__(self):
@@ -135,7 +185,6 @@ class SparseLinear(Layer):
     def _reset_buffers(self):
         self._x = None
         self._out = self._dx = None
-        self._splits = None  # (n_threads, bounds of W rows, bounds of W^T rows)
 
     @property
     def shape(self):
@@ -148,24 +197,14 @@ class SparseLinear(Layer):
     def parameters(self):
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
-    def _bounds(self):
-        """Row chunks balanced by nonzeros, for W and for W^T; rebuilt if the thread count changes."""
-        n = numba.get_num_threads()
-        if self._splits is None or self._splits[0] != n:
-            p = self.pattern
-            self._splits = (n, balanced_row_splits(p.indptr, n), balanced_row_splits(p.t_indptr, n))
-        return self._splits[1], self._splits[2]
-
     def forward(self, x):
         """x: (n_in, batch) -> y = W x + b: (n_out, batch). Cost O(nnz * batch)."""
-        p = self.pattern
-        _check_input(x, p.shape[1], self.dtype, self.name)
+        ops, p = self.ops, self.pattern
+        _check_input(x, p.shape[1], self.dtype, self.name, ops)
         if self._out is None or self._out.shape[1] != x.shape[1]:
-            self._out = np.empty((p.shape[0], x.shape[1]), dtype=self.dtype)
-        bounds, _ = self._bounds()
-        spmm(p.indptr, p.indices, self.weight.value, x, self._out, bounds)
-        if self.bias is not None:
-            self._out += self.bias.value[:, None]
+            self._out = ops.empty((p.shape[0], x.shape[1]), self.dtype)
+        # y[r] = sum over the stored k of row r of W[k] x[indices[k]], plus b[r]
+        ops.spmm(p, self.weight.value, x, self._out, None if self.bias is None else self.bias.value)
         self._x = x
         return self._out
 
@@ -176,20 +215,18 @@ class SparseLinear(Layer):
         dy: (n_out, batch) -> dx: (n_in, batch), or None when ``need_dx`` is False (the first
         layer: nothing upstream needs it, and skipping it saves a third of the layer's work).
         """
-        p = self.pattern
-        x = self._x
-        bounds, t_bounds = self._bounds()
+        ops, p, x = self.ops, self.pattern, self._x
         # in the forward pass y[r] += W[r, c] * x[c], so dW[r, c] = sum_b dy[r, b] * x[c, b]
-        sddmm(p.indptr, p.indices, dy, x, self.weight.grad, bounds)
+        ops.sddmm(p, dy, x, self.weight.grad)
         if self.bias is not None:
-            np.sum(dy, axis=1, out=self.bias.grad)
+            ops.sum_batch(dy, self.bias.grad)
         if not need_dx:
             return None
         # ... and dx[c] += W[r, c] * dy[r]: a product with W^T, whose CSR arrays are the
         # transpose index of W and whose values are W's data read through t_perm.
         if self._dx is None or self._dx.shape != x.shape:
-            self._dx = np.empty_like(x)
-        spmm(p.t_indptr, p.t_rows, self.weight.value, dy, self._dx, t_bounds, p.t_perm)
+            self._dx = ops.empty(x.shape, self.dtype)
+        ops.spmm_t(p, self.weight.value, dy, self._dx)
         return self._dx
 
     def mask(self):
@@ -198,7 +235,7 @@ class SparseLinear(Layer):
 
     def to_dense(self) -> np.ndarray:
         """The weights as a dense ``(n_out, n_in)`` array (zeros where no connection exists)."""
-        return self.pattern.to_scipy(self.weight.value).toarray()
+        return self.pattern.to_scipy(self.weight.host()).toarray()
 
     def set_pattern(self, pattern: CSRPattern, weights: np.ndarray) -> None:
         """Replace the pattern and its weights (nnz,), e.g. when loading a checkpoint."""
@@ -208,8 +245,8 @@ class SparseLinear(Layer):
         if weights.shape != (pattern.nnz,):
             raise ValueError(f"{self.name}: weights must have shape ({pattern.nnz},), got {weights.shape}")
         self.pattern = pattern
-        self.weight.value = np.ascontiguousarray(weights, dtype=self.dtype)
-        self.weight.grad = np.zeros_like(self.weight.value)
+        self.weight.value = self.ops.asarray(weights, dtype=self.dtype)
+        self.weight.grad = self.ops.zeros(self.weight.value.shape, self.dtype)
         self._reset_buffers()
 
     def prune(self, keep: np.ndarray) -> np.ndarray:
@@ -227,7 +264,7 @@ class SparseLinear(Layer):
         row_counts = np.bincount(p.row_of_entry()[kept], minlength=p.shape[0])
         indptr = np.concatenate(([0], np.cumsum(row_counts))).astype(np.int32)
         pattern = CSRPattern.from_arrays(indptr, p.indices[kept], p.shape, name=f"{self.name} pattern")
-        self.set_pattern(pattern, self.weight.value[kept])
+        self.set_pattern(pattern, self.weight.host()[kept])
         return kept
 
     def __repr__(self):
@@ -239,22 +276,24 @@ class ReLU(Layer):
 
     def __init__(self, name: str = "relu"):
         self.name = name
-        self._out = self._dx = self._on = None
+        self._reset_buffers()
+
+    def _reset_buffers(self):
+        self._out = self._dx = None
 
     def forward(self, x):
+        _check_array(x, self.ops, self.name)
         if self._out is None or self._out.shape != x.shape or self._out.dtype != x.dtype:
-            self._out = np.empty_like(x)
-            self._dx = np.empty_like(x)
-            self._on = np.empty(x.shape, dtype=bool)
-        np.maximum(x, 0, out=self._out)
+            self._out = self.ops.empty(x.shape, x.dtype)
+            self._dx = self.ops.empty(x.shape, x.dtype)
+        self.ops.relu(x, self._out)
         return self._out
 
     def backward(self, dy, need_dx: bool = True):
         """y = max(x, 0)  =>  dx = dy where y > 0, else 0."""
         if not need_dx:
             return None
-        np.greater(self._out, 0, out=self._on)
-        np.multiply(dy, self._on, out=self._dx)
+        self.ops.relu_backward(self._out, dy, self._dx)
         return self._dx
 
     def __repr__(self):
@@ -287,6 +326,13 @@ class Sequential(Layer):
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def to(self, device: str):
+        """Move every layer to ``device`` ("cpu" or "cuda"); returns the model."""
+        for layer in self.layers:
+            layer.to(device)
+        self.ops = backend(device)
+        return self
 
     def weight_layers(self):
         """The layers that hold a weight matrix, in order."""

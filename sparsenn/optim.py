@@ -5,7 +5,9 @@ layer that is the ``data`` array of its CSR weights, so a connection that does n
 no momentum, no Adam moments and no weight decay, and can never come into existence.
 When pruning removes entries, ``compact(param, kept)`` drops the matching state.
 
-The updates are fused Numba kernels (one pass over memory per parameter) with NumPy twins.
+The updates are fused Numba kernels (one pass over memory per parameter) with NumPy twins,
+and numba.cuda twins in :mod:`sparsenn.cuda_kernels` for parameters on a GPU: the state lives
+where the parameters live (create the optimiser after ``model.to(device)``).
 """
 
 from __future__ import annotations
@@ -87,7 +89,17 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.steps = 0
-        self.state = [{n: np.zeros_like(p.value) for n in self.state_names} for p in self.params]
+        from sparsenn.device import backend_of  # here: the CPU backend itself imports this module
+
+        self.ops = backend_of(self.params[0].value)
+        for p in self.params:
+            if not self.ops.is_array(p.value):
+                raise ValueError(f"{p.name} is not on device {self.ops.name!r} like {self.params[0].name}; "
+                                 "move the whole model with model.to(device) before creating the optimizer")
+        self.state = [self._zeros(p) for p in self.params]
+
+    def _zeros(self, p) -> dict:
+        return {n: self.ops.zeros(p.value.shape, p.value.dtype) for n in self.state_names}
 
     def _index(self, param) -> int:
         for i, p in enumerate(self.params):
@@ -99,14 +111,14 @@ class Optimizer:
         """After ``param.value`` was compacted to the entries ``kept``, drop the others' state."""
         i = self._index(param)
         for n, arr in self.state[i].items():
-            self.state[i][n] = np.ascontiguousarray(arr[kept])
+            self.state[i][n] = self.ops.asarray(self.ops.to_host(arr)[kept])
 
     def state_dict(self) -> dict:
         """Flat dict of arrays for a checkpoint (keys ``optim.{i}.{name}``, plus ``optim.steps``)."""
         out = {"optim.steps": np.int64(self.steps)}
         for i, st in enumerate(self.state):
             for n, arr in st.items():
-                out[f"optim.{i}.{n}"] = arr
+                out[f"optim.{i}.{n}"] = self.ops.to_host(arr)
         return out
 
     def load_state_dict(self, d) -> None:
@@ -116,12 +128,10 @@ class Optimizer:
                 arr = np.asarray(d[f"optim.{i}.{n}"])
                 if arr.shape != p.value.shape:
                     raise ValueError(f"optimizer state {n} of {p.name}: shape {arr.shape} != parameter {p.value.shape}")
-                st[n] = arr.astype(p.value.dtype, copy=True)
+                st[n] = self.ops.asarray(arr.astype(p.value.dtype, copy=True))
 
     def zero_state(self) -> None:
-        for st in self.state:
-            for arr in st.values():
-                arr[...] = 0
+        self.state = [self._zeros(p) for p in self.params]
 
 
 class SGD(Optimizer):
@@ -146,7 +156,7 @@ class SGD(Optimizer):
         self.steps += 1
         for p, st in zip(self.params, self.state):
             wd = self.weight_decay if p.decay else 0.0
-            sgd_update(_flat(p.value), _flat(p.grad), _flat(st["velocity"]),
+            self.ops.sgd_update(_flat(p.value), _flat(p.grad), _flat(st["velocity"]),
                        self.lr, self.momentum, wd, self.nesterov)
 
 
@@ -171,5 +181,5 @@ class Adam(Optimizer):
         bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
         for p, st in zip(self.params, self.state):
             wd = self.weight_decay if p.decay else 0.0
-            adam_update(_flat(p.value), _flat(p.grad), _flat(st["m"]), _flat(st["v"]),
+            self.ops.adam_update(_flat(p.value), _flat(p.grad), _flat(st["m"]), _flat(st["v"]),
                         self.lr, b1, b2, self.eps, wd, bc1, bc2)

@@ -10,6 +10,10 @@
 
 The data order depends only on (seed, epoch), so a run resumed from a checkpoint at step s
 sees exactly the batches it would have seen had it never stopped.
+
+On a GPU (``model.to("cuda")``) the same loop runs with every array on the device: the
+training and test sets are copied there once, each epoch's permutation once, and the
+mini-batch is gathered there; the loss of each step and the test logits come back.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparsenn import checkpoint as ckpt_io
-from sparsenn.kernels import gather_batch
 from sparsenn.loss import SoftmaxCrossEntropy
 
 
@@ -76,19 +79,23 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def evaluate(model, x, y, batch_size: int = 1000):
-    """(accuracy, mean loss) of ``model`` on batch-major ``x`` (n, n_features), labels ``y``."""
+    """(accuracy, mean loss) of ``model`` on batch-major ``x`` (n, n_features), labels ``y``
+    (NumPy). On a GPU, ``x`` may already be a device array (else it is copied there)."""
+    ops = model.ops
+    x = ops.asarray(x)
+    y = np.asarray(y)
     loss_fn = SoftmaxCrossEntropy()
-    n = len(x)
+    n = len(y)
     correct, total_loss = 0, 0.0
     buf = None
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         if buf is None or buf.shape[1] != len(idx):
-            buf = np.empty((x.shape[1], len(idx)), dtype=np.float32)
-        gather_batch(x, idx, buf)
+            buf = ops.empty((x.shape[1], len(idx)), np.float32)
+        ops.gather_batch(x, ops.asarray(idx), buf)
         logits = model.forward(buf)  # (n_classes, batch)
         total_loss += loss_fn.forward(logits, y[idx]) * len(idx)
-        correct += int(np.sum(np.argmax(logits, axis=0) == y[idx]))
+        correct += int(np.sum(np.argmax(ops.to_host(logits), axis=0) == y[idx]))
     return correct / n, total_loss / n
 
 
@@ -127,7 +134,12 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         log(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch + 1})")
     metrics_file = open(metrics_path, "a") if metrics_path else None
     loss_fn = SoftmaxCrossEntropy()
-    x_buf = np.empty((data.x_train.shape[1], batch_size), dtype=np.float32)
+    # the data where the model is: on a GPU, copied there once (MNIST's training set: 188 MB)
+    ops = model.ops
+    x_train, y_train = ops.asarray(data.x_train), ops.asarray(data.y_train)
+    x_test = ops.asarray(data.x_test)
+    x_buf = ops.empty((data.x_train.shape[1], batch_size), np.float32)
+    y_buf = ops.empty((batch_size,), data.y_train.dtype)
     last_good = resume
     epoch_times, history = [], []
 
@@ -147,7 +159,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            perm = epoch_permutation(seed, epoch, n)
+            perm = ops.asarray(epoch_permutation(seed, epoch, n))
             first = step - epoch * steps_per_epoch
             losses = []
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
@@ -156,10 +168,14 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             t_eval = 0.0
             for b in range(first, steps_per_epoch):
                 idx = perm[b * batch_size:(b + 1) * batch_size]
-                x = x_buf if len(idx) == batch_size else np.empty((x_buf.shape[0], len(idx)), np.float32)
-                gather_batch(data.x_train, idx, x)  # x: (n_features, batch)
+                if len(idx) == batch_size:
+                    x, y = x_buf, y_buf
+                else:  # the last, shorter batch of an epoch
+                    x, y = ops.empty((x_buf.shape[0], len(idx)), np.float32), ops.empty((len(idx),), y_buf.dtype)
+                ops.gather_batch(x_train, idx, x)  # x: (n_features, batch)
+                ops.take(y_train, idx, y)  # y: (batch,)
                 optimizer.lr = schedule(step)
-                loss = loss_fn.forward(model.forward(x), data.y_train[idx])
+                loss = loss_fn.forward(model.forward(x), y)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"loss became {loss} at step {step + 1} (epoch {epoch + 1}, lr {optimizer.lr:g}); "
@@ -179,7 +195,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                     t_bar = now
                 if eval_every and step % eval_every == 0 and step % steps_per_epoch:
                     t0 = time.perf_counter()
-                    acc, test_loss = evaluate(model, data.x_test, data.y_test, eval_batch_size)
+                    acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
                     nnz, full = model_nnz(model)
                     write({"kind": "eval", "epoch": epoch + 1, "step": step,
                            "train_loss": float(np.mean(losses[-eval_every:])), "test_acc": acc,
@@ -192,7 +208,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             bar.close()
             seconds = time.perf_counter() - t_epoch - t_eval
             epoch_times.append(seconds)
-            acc, test_loss = evaluate(model, data.x_test, data.y_test, eval_batch_size)
+            acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
             nnz, full = model_nnz(model)
             rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                    "test_acc": acc, "test_loss": test_loss, "lr": optimizer.lr,
@@ -206,7 +222,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         if metrics_file:
             metrics_file.close()
     if not history:  # resumed a finished run: just report where it stands
-        acc, test_loss = evaluate(model, data.x_test, data.y_test, eval_batch_size)
+        acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
     else:
         acc = history[-1]["test_acc"]
     epoch_recs = [r for r in history if r["kind"] == "epoch"]

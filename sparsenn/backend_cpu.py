@@ -1,0 +1,140 @@
+"""The CPU backend: the operations a training step needs, on NumPy arrays.
+
+A layer never calls a kernel directly; it calls ``self.ops.<operation>``, and ``self.ops`` is
+this module on the CPU or :mod:`sparsenn.backend_cuda` on a GPU (``model.to("cuda")``). The
+two modules have the same functions with the same arguments, so each layer's forward and
+backward is written once. Here every operation is a NumPy expression or one of the Numba
+kernels of :mod:`sparsenn.kernels`, :mod:`sparsenn.im2col` and :mod:`sparsenn.optim`.
+
+Shapes follow the layers: activations ``(n_features, batch)``, CSR weights ``data[nnz]`` on a
+:class:`sparsenn.csr.CSRPattern`. Outputs are preallocated and overwritten.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from sparsenn import im2col as _im2col
+from sparsenn import kernels as _k
+from sparsenn import optim as _optim
+from sparsenn.runtime import matmul as _matmul
+
+name = "cpu"
+
+
+# ------------------------------------------------------------------ arrays
+
+
+def asarray(a, dtype=None) -> np.ndarray:
+    """A C-contiguous array of this backend holding ``a`` (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def to_host(a) -> np.ndarray:
+    """The values as a NumPy array (the array itself here)."""
+    return a
+
+
+def empty(shape, dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype) -> np.ndarray:
+    return np.zeros(shape, dtype=dtype)
+
+
+def assign(dst, src) -> None:
+    """dst[...] = src, for a NumPy ``src`` of dst's shape."""
+    dst[...] = src
+
+
+def is_array(a) -> bool:
+    return isinstance(a, np.ndarray)
+
+
+def synchronize() -> None:
+    """Wait for queued work (nothing is queued on the CPU)."""
+
+
+# ------------------------------------------------------------------ linear layers
+
+
+def matmul(a, b, out, ta: bool = False, tb: bool = False) -> None:
+    """out = op(a) @ op(b), op(m) = m.T when its flag is set (a view: no copy)."""
+    _matmul(a.T if ta else a, b.T if tb else b, out)
+
+
+def add_bias(out, bias) -> None:
+    """out[r, :] += bias[r]."""
+    out += bias[:, None]
+
+
+def sum_batch(dy, out) -> None:
+    """out[r] = sum_b dy[r, b]."""
+    np.sum(dy, axis=1, out=out)
+
+
+def spmm(pattern, data, x, out, bias=None) -> None:
+    """out = W x (+ bias[:, None]) for W = (pattern, data)."""
+    bounds, _ = pattern.splits(numba.get_num_threads())
+    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds)
+    if bias is not None:
+        out += bias[:, None]
+
+
+def spmm_t(pattern, data, dy, out) -> None:
+    """out = W^T dy: the transpose index of W, its values read through t_perm."""
+    _, t_bounds = pattern.splits(numba.get_num_threads())
+    _k.spmm(pattern.t_indptr, pattern.t_rows, data, dy, out, t_bounds, pattern.t_perm)
+
+
+def sddmm(pattern, dy, x, out) -> None:
+    """out[k] = dy[row_k] . x[col_k] for each stored entry k."""
+    bounds, _ = pattern.splits(numba.get_num_threads())
+    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds)
+
+
+# ------------------------------------------------------------------ elementwise
+
+
+def relu(x, out) -> None:
+    np.maximum(x, 0, out=out)
+
+
+def relu_backward(y, dy, dx) -> None:
+    """dx = dy where y > 0, else 0 (y the ReLU's output)."""
+    np.multiply(dy, y > 0, out=dx)
+
+
+def multiply(w, mask) -> None:
+    """w *= mask, in place (re-zeroes pruned weights)."""
+    np.multiply(w, mask, out=w)
+
+
+# ------------------------------------------------------------------ loss, optimisers, data
+
+
+def softmax_xent(logits, labels, dlogits) -> float:
+    """Mean cross-entropy; dlogits overwritten with its gradient. Labels are checked by the caller."""
+    return _k.softmax_xent(logits, labels, dlogits)
+
+
+sgd_update = _optim.sgd_update
+adam_update = _optim.adam_update
+gather_batch = _k.gather_batch
+
+
+def take(src, idx, out) -> None:
+    """out[i] = src[idx[i]]."""
+    np.take(src, idx, out=out)
+
+
+# ------------------------------------------------------------------ convolution
+
+im2col = _im2col.im2col
+col2im = _im2col.col2im
+maxpool_forward = _im2col.maxpool_forward
+maxpool_backward = _im2col.maxpool_backward
+lrn_forward = _im2col.lrn_forward
+lrn_backward = _im2col.lrn_backward
