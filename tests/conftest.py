@@ -1,7 +1,20 @@
+import ctypes.util
 import os
 import sys
 
-import numpy as np
+
+def _nvidia_gpu_present() -> bool:
+    """A CUDA driver on this machine (without importing numba.cuda, which reads the flag below)."""
+    return os.path.exists("/dev/nvidiactl") or ctypes.util.find_library("cuda") is not None
+
+
+# The CUDA kernel tests run on a real GPU when there is one, else on Numba's CUDA simulator
+# (tiny grids: it runs each GPU thread as a Python thread). The flag must be set before
+# numba.cuda is first imported; set NUMBA_ENABLE_CUDASIM yourself to choose either way.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _nvidia_gpu_present():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
