@@ -23,7 +23,7 @@ from sparsenn import checkpoint, data, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import TOPOLOGIES, layer_table, lenet300
 from sparsenn.optim import SGD, Adam
-from sparsenn.runtime import thread_info
+from sparsenn.device import DEVICES, describe, resolve_device
 from sparsenn.train import ArrayData, TrainingDiverged, fit, format_summary
 
 # ---- defaults: each chosen to train well in a few minutes on 2 cores ---------------------------
@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to train: auto picks an NVIDIA GPU when one is usable (needs the gpu extra)")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: epoch ends)")
     p.add_argument("--metrics", metavar="PATH", help="append JSON lines of metrics here")
     p.add_argument("--save", metavar="PATH", help="checkpoint (.npz) written at each epoch end")
@@ -81,12 +83,13 @@ def main(argv=None) -> int:
     config = vars(args).copy()
     if args.resume:
         saved = checkpoint.read_checkpoint(args.resume)["config"]
-        keep = {k: config[k] for k in ("resume", "save", "metrics", "no_progress", "data_dir", "epochs")}
+        keep = {k: config[k] for k in ("device", "resume", "save", "metrics", "no_progress", "data_dir", "epochs")}
         config = {**saved, **keep}
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
     print("configuration:", json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True))
-    thread_info()
+    device = resolve_device(config["device"])  # where to train: "cpu" or "cuda"
+    print("device:", describe(device))
 
     # ---- data ------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -101,6 +104,7 @@ def main(argv=None) -> int:
     model = lenet300(config["topology"], rng, masks=masks, fan=config["init_fan"])
     print(f"model: LeNet-300-100, topology {'mask ' + config['mask'] if masks else config['topology']}")
     print(layer_table(model))
+    model.to(device)  # parameters move now; the optimiser's state is created where they are
 
     # ---- optimiser and schedule ------------------------------------------------------------
     steps_per_epoch = -(-len(arrays.x_train) // config["batch_size"])
@@ -130,6 +134,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError) as e:
+    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

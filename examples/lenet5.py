@@ -29,7 +29,7 @@ from sparsenn import augment, checkpoint, data, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import LENET5_TOPOLOGIES, LENET5_VARIANTS, layer_table, lenet5
 from sparsenn.optim import SGD, Adam
-from sparsenn.runtime import thread_info
+from sparsenn.device import DEVICES, describe, resolve_device
 from sparsenn.train import ArrayData, TrainingDiverged, fit, format_summary
 
 # ---- defaults: each chosen to train well in minutes on 2 cores ---------------------------------
@@ -80,6 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to train: auto picks an NVIDIA GPU when one is usable (needs the gpu extra)")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: epoch ends)")
     p.add_argument("--metrics", metavar="PATH", help="append JSON lines of metrics here")
     p.add_argument("--save", metavar="PATH", help="checkpoint (.npz) written at each epoch end")
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     if args.resume:
         ck = checkpoint.read_checkpoint(args.resume)
         start_step = int(ck["step"])
-        keep = {k: config[k] for k in ("resume", "save", "metrics", "no_progress", "data_dir", "no_verify")}
+        keep = {k: config[k] for k in ("device", "resume", "save", "metrics", "no_progress", "data_dir", "no_verify")}
         if args.epochs is not None:
             keep["epochs"] = args.epochs
         config = {**ck["config"], **keep}
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
     print("configuration:", json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True))
-    thread_info()
+    device = resolve_device(config["device"])  # where to train: "cpu" or "cuda"
+    print("device:", describe(device))
 
     # ---- data ------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -148,6 +151,7 @@ def main(argv=None) -> int:
     print(f"model: LeNet-5 ({config['variant']} variant) on {config['dataset']}, topology {what}")
     print(model)
     print(layer_table(model))
+    model.to(device)  # parameters move now; the optimiser's state is created where they are
 
     # ---- optimiser and schedule ------------------------------------------------------------
     total = config["epochs"] * steps_per_epoch
@@ -177,6 +181,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError) as e:
+    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

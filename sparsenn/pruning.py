@@ -232,6 +232,14 @@ def _thresholds_for(layers, masks, targets, scope: str) -> list:
     return [magnitude_threshold(mags, len(mags) - keep)] * len(layers)
 
 
+def _check_on_cpu(model, who: str) -> None:
+    """Pruning reads and rewrites weights with NumPy: the model must be on the CPU."""
+    if getattr(model, "device", "cpu") != "cpu":
+        raise ValueError(f"{who} runs on the CPU, and this model is on {model.device!r}: prune on the CPU "
+                         "(model.to('cpu'), then a new optimizer), then move the pruned model to the GPU "
+                         "to retrain it")
+
+
 def _check_scope(scope):
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -329,6 +337,7 @@ def prune_once(model, sparsity=None, *, threshold=None, scope: str = "global", l
     """
     if (sparsity is None) == (threshold is None):
         raise ValueError("give exactly one of sparsity and threshold")
+    _check_on_cpu(model, "prune_once")
     _check_scope(scope)
     positions = select_layers(model, layers, keep_first_dense, keep_last_dense)
     chosen = [model.weight_layers()[p] for p in positions]
@@ -378,6 +387,7 @@ class GradualPruner:
     def __init__(self, model, final_sparsity, begin: int, end: int, frequency: int = 200,
                  initial_sparsity: float = 0.0, exponent: float = 3.0, scope: str = "layer", layers=None,
                  keep_first_dense: bool = False, keep_last_dense: bool = False, crossover: float = 0.3, log=None):
+        _check_on_cpu(model, "GradualPruner")
         _check_scope(scope)
         self.positions = select_layers(model, layers, keep_first_dense, keep_last_dense)
         if scope == "global" and np.ndim(final_sparsity) != 0:
