@@ -2,13 +2,17 @@
 
     python examples/bench_train.py                 # sparsenn dense/radix/random, + PyTorch if installed
     python examples/bench_train.py --json out.json
+    python examples/bench_train.py --device cuda --topologies radix dense   # on an NVIDIA GPU
 
 Each topology: build the model, run warm-up steps (compiles/loads the Numba kernels), then time
 ``--epochs`` full epochs of real training steps (gather batch, forward, loss, backward, SGD
 with Nesterov momentum and weight decay) and report the median. Evaluation is not timed.
 When PyTorch is installed (``pip install torch==2.13.0``; never a dependency), the same model
 and optimiser are timed in the same process, dense and with a 90% mask applied the usual way
-(weights multiplied by the mask after every step), which saves nothing.
+(weights multiplied by the mask after every step), which saves nothing. With ``--device cuda``
+both run on the GPU: sparsenn with its numba.cuda kernels, the training set copied to the
+GPU once and each mini-batch gathered there; the loss comes back every step, so each step
+has finished when the next starts and the epoch time needs no extra synchronisation.
 """
 
 from __future__ import annotations
@@ -22,34 +26,40 @@ import numpy as np
 
 import sparsenn  # noqa: F401  (configures BLAS threads)
 from sparsenn import data
-from sparsenn.kernels import gather_batch
+from sparsenn.device import describe, resolve_device
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import lenet300
 from sparsenn.optim import SGD
 from sparsenn.runtime import thread_info
 from sparsenn.train import ArrayData, epoch_permutation
 
-TARGETS = {"radix": 0.5, "dense": 1.2}  # seconds per epoch, from the project's issue
+# seconds per epoch, from the project's issues (#4 on the CPU, #7 on a GPU)
+TARGETS = {"cpu": {"radix": 0.5, "dense": 1.2}, "cuda": {"radix": 1.0}}
 
 
-def time_sparsenn(topology, arrays, epochs, batch, seed=0):
+def time_sparsenn(topology, arrays, epochs, batch, device="cpu", seed=0):
     rng = np.random.default_rng(seed)
-    model = lenet300(topology, rng)
+    model = lenet300(topology, rng).to(device)
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = SoftmaxCrossEntropy()
-    x = np.empty((784, batch), np.float32)
+    ops = model.ops  # the device's operations: gather and labels where the model is
+    x_train, y_train = ops.asarray(arrays.x_train), ops.asarray(arrays.y_train)
+    x, y = ops.empty((784, batch), np.float32), ops.empty((batch,), arrays.y_train.dtype)
     n = len(arrays.x_train)
     steps = n // batch
 
     def one_epoch(e, limit=None):
-        perm = epoch_permutation(seed, e, n)
+        perm = ops.asarray(epoch_permutation(seed, e, n))
+        ops.synchronize()
         t = time.perf_counter()
         for b in range(limit or steps):
             idx = perm[b * batch:(b + 1) * batch]
-            gather_batch(arrays.x_train, idx, x)
-            loss_fn.forward(model.forward(x), arrays.y_train[idx])
+            ops.gather_batch(x_train, idx, x)
+            ops.take(y_train, idx, y)
+            loss_fn.forward(model.forward(x), y)
             model.backward(loss_fn.backward())
             opt.step()
+        ops.synchronize()
         return time.perf_counter() - t
 
     one_epoch(0, limit=50)  # warm-up
@@ -58,29 +68,30 @@ def time_sparsenn(topology, arrays, epochs, batch, seed=0):
     return times, nnz
 
 
-def time_torch(arrays, epochs, batch, masked, seed=0):
+def time_torch(arrays, epochs, batch, masked, device="cpu", seed=0):
     import torch
 
     torch.manual_seed(seed)
     torch.set_num_threads(numba.get_num_threads())
     model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(), torch.nn.Linear(300, 100),
-                                torch.nn.ReLU(), torch.nn.Linear(100, 10))
+                                torch.nn.ReLU(), torch.nn.Linear(100, 10)).to(device)
     masks = []
     if masked:  # 90% masks on the two hidden layers, as a PyTorch user would prune
         g = torch.Generator().manual_seed(seed)
-        masks = [(model[i].weight, (torch.rand(model[i].weight.shape, generator=g) < 0.1).float()) for i in (0, 2)]
+        masks = [(model[i].weight, (torch.rand(model[i].weight.shape, generator=g) < 0.1).float().to(device))
+                 for i in (0, 2)]
         with torch.no_grad():
             for w, m in masks:
                 w.mul_(m)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    xt = torch.from_numpy(arrays.x_train)
-    yt = torch.from_numpy(arrays.y_train)
+    xt = torch.from_numpy(arrays.x_train).to(device)
+    yt = torch.from_numpy(arrays.y_train).to(device)
     n = len(xt)
     steps = n // batch
 
     def one_epoch(e, limit=None):
-        perm = torch.from_numpy(epoch_permutation(seed, e, n))
+        perm = torch.from_numpy(epoch_permutation(seed, e, n)).to(device)
         t = time.perf_counter()
         for b in range(limit or steps):
             idx = perm[b * batch:(b + 1) * batch]
@@ -92,6 +103,8 @@ def time_torch(arrays, epochs, batch, masked, seed=0):
                 with torch.no_grad():
                     for w, m in masks:
                         w.mul_(m)
+        if device == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     one_epoch(0, limit=50)
@@ -106,25 +119,30 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--data-dir")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="where both sparsenn and PyTorch train (cpu by default: the timings in the README)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
 
-    info = thread_info()
-    print(f"threads: numba {info['numba_threading_layer']} x{info['numba_num_threads']}; BLAS {info['blas_thread_config']}")
+    device = resolve_device(args.device)
+    print("device:", describe(device))
+    if device == "cpu":
+        info = thread_info()
+        print(f"threads: numba {info['numba_threading_layer']} x{info['numba_num_threads']}; BLAS {info['blas_thread_config']}")
     arrays = ArrayData.from_dataset(data.load("mnist", root=args.data_dir))
     records = []
 
     def report(impl, topology, times, nnz):
         med = float(np.median(times))
-        records.append({"impl": impl, "topology": topology, "epoch_seconds_median": med,
+        records.append({"impl": impl, "device": describe(device), "topology": topology, "epoch_seconds_median": med,
                         "epoch_seconds": [float(t) for t in times], "nnz": nnz, "batch": args.batch_size})
-        target = TARGETS.get(topology) if impl == "sparsenn" else None
+        target = TARGETS[device].get(topology) if impl == "sparsenn" else None
         verdict = "" if target is None else f"  target < {target} s: {'PASS' if med < target else 'FAIL'}"
         print(f"{impl:<10} {topology:<12} {nnz:>9,} connections  {med:7.3f} s/epoch "
               f"({args.batch_size * (60000 // args.batch_size) / med:>9,.0f} img/s){verdict}", flush=True)
 
     for topology in args.topologies:
-        times, nnz = time_sparsenn(topology, arrays, args.epochs, args.batch_size)
+        times, nnz = time_sparsenn(topology, arrays, args.epochs, args.batch_size, device)
         report("sparsenn", topology, times, nnz)
     if not args.no_torch:
         try:
@@ -133,7 +151,7 @@ def main(argv=None):
             print("PyTorch not installed: `pip install torch==2.13.0` to time it side by side")
         else:
             for masked in (False, True):
-                times, nnz, version = time_torch(arrays, args.epochs, args.batch_size, masked)
+                times, nnz, version = time_torch(arrays, args.epochs, args.batch_size, masked, device)
                 report(f"torch {version.split('+')[0]}", "dense" + ("+mask" if masked else ""), times, nnz)
     if args.json:
         with open(args.json, "w") as f:

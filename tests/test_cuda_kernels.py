@@ -318,3 +318,26 @@ def test_pruning_a_model_on_cuda_says_to_prune_on_the_cpu(rng):
         prune_once(model, 0.5)
     with pytest.raises(ValueError, match="GradualPruner runs on the CPU"):
         GradualPruner(model, 0.9, begin=0, end=100)
+
+
+def test_gpu_benchmark_script_runs_and_checks_its_kernel(tmp_path):
+    """On the simulator this only proves the script works (it times nothing meaningful)."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "examples/bench_gpu.py", "--sizes", "8", "--densities", "0.5",
+                        "--batch", "4", "--repeats", "1", "--inner", "1", "--json", str(out)],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    rows = json.loads(out.read_text())["results"]
+    assert {(x["impl"], x["op"]) for x in rows} >= {("sparsenn", "forward W x"), ("sparsenn", "backward W^T dy"),
+                                                   ("sparsenn", "backward dW (sddmm)")}
+    assert all(x["nnz"] == rows[0]["nnz"] > 0 for x in rows)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="this machine has a GPU")
+def test_gpu_benchmark_without_a_gpu_says_so():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    r = subprocess.run([sys.executable, "examples/bench_gpu.py"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert r.returncode == 2
+    assert "error: no GPU to benchmark on" in r.stderr
