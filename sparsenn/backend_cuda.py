@@ -61,12 +61,10 @@ def synchronize() -> None:
 
 
 def _pattern(p) -> dict:
-    """The pattern's index arrays on the GPU, copied once per pattern. ``perm`` is the
-    identity: the forward product runs the W^T kernel's code with data[perm[k]] = data[k]."""
+    """The pattern's index arrays (and its transpose index) on the GPU, copied once per pattern."""
     if "cuda" not in p.cache:
         p.cache["cuda"] = {
             "indptr": cuda.to_device(p.indptr), "indices": cuda.to_device(p.indices),
-            "perm": cuda.to_device(np.arange(p.nnz, dtype=np.int64)),
             "t_indptr": cuda.to_device(p.t_indptr), "t_rows": cuda.to_device(p.t_rows),
             "t_perm": cuda.to_device(p.t_perm),
         }
@@ -88,13 +86,13 @@ sum_batch = _k.sum_batch
 def spmm(pattern, data, x, out, bias=None) -> None:
     """out = W x (+ bias[:, None]), the bias added in the same kernel."""
     d = _pattern(pattern)
-    _k.spmm(d["indptr"], d["indices"], data, d["perm"], x, out, bias)
+    _k.spmm(d["indptr"], d["indices"], data, x, out, bias)
 
 
 def spmm_t(pattern, data, dy, out) -> None:
     """out = W^T dy through the transpose index (each output row has one writer: no atomics)."""
     d = _pattern(pattern)
-    _k.spmm(d["t_indptr"], d["t_rows"], data, d["t_perm"], dy, out)
+    _k.spmm(d["t_indptr"], d["t_rows"], data, dy, out, perm=d["t_perm"])
 
 
 def sddmm(pattern, dy, x, out) -> None:

@@ -54,10 +54,11 @@ def _blocks(n: int, per_block: int) -> int:
 
 
 @cuda.jit
-def _spmm_kernel(indptr, indices, data, perm, x, bias, has_bias, zero, out):
-    """out[r, b] = sum_k data[perm[k]] * x[indices[k], b]  (+ bias[r]),  k in row r.
+def _spmm_kernel(indptr, indices, data, perm, has_perm, x, bias, has_bias, zero, out):
+    """out[r, b] = sum_k w_k * x[indices[k], b]  (+ bias[r]),  k in row r,
+    w_k = data[perm[k]] if has_perm (W^T: t_perm) else data[k] (W).
 
-    indptr[n_rows+1], indices[nnz], perm[nnz] (identity for W, t_perm for W^T), data[nnz];
+    indptr[n_rows+1], indices[nnz], data[nnz], perm[nnz] (read only if has_perm);
     x[n_in, batch]; bias[n_rows] (read only if has_bias); out[n_rows, batch]: overwritten.
     zero: 0 in out's dtype, so the sum accumulates in that precision (as on the CPU).
     Thread mapping: one warp per (row, 32 batch columns); lane = batch column. The lanes share
@@ -71,16 +72,19 @@ def _spmm_kernel(indptr, indices, data, perm, x, bias, has_bias, zero, out):
         return
     acc = bias[r] if has_bias else zero
     for k in range(indptr[r], indptr[r + 1]):
-        acc += data[perm[k]] * x[indices[k], b]
+        w = data[perm[k]] if has_perm else data[k]
+        acc += w * x[indices[k], b]
     out[r, b] = acc
 
 
-def spmm(indptr, indices, data, perm, x, out, bias=None):
-    """out = W @ x (+ bias[:, None]) for CSR W; ``perm`` as in :func:`_spmm_kernel`."""
+def spmm(indptr, indices, data, x, out, bias=None, perm=None):
+    """out = W @ x (+ bias[:, None]) for CSR W; with ``perm``, W's values are data[perm]
+    (the W^T product: the transpose index and t_perm). As :func:`sparsenn.kernels.spmm`."""
     n_rows, batch = out.shape
     grid = (_blocks(n_rows, ROWS_PER_BLOCK), _blocks(batch, WARP))
-    has_bias = bias is not None
-    _spmm_kernel[grid, ROWS_PER_BLOCK * WARP](indptr, indices, data, perm, x,
+    has_bias, has_perm = bias is not None, perm is not None
+    # arrays that are not read (bias, perm) are passed as placeholders of the right type
+    _spmm_kernel[grid, ROWS_PER_BLOCK * WARP](indptr, indices, data, perm if has_perm else indptr, has_perm, x,
                                                bias if has_bias else data, has_bias, out.dtype.type(0), out)
 
 
@@ -417,7 +421,8 @@ def ptx_examples():
     data, v = np.ones(2, f), np.ones(2, f)
     x, y = np.ones((2, 3), f), np.ones((2, 3), f)
     return [
-        (_spmm_kernel, (indptr, indices, data, perm, x, data, True, f(0), y)),
+        (_spmm_kernel, (indptr, indices, data, perm, True, x, data, True, f(0), y)),
+        (_spmm_kernel, (indptr, indices, data, indptr, False, x, data, False, f(0), y)),
         (_sddmm_kernel, (indptr, indices, y, x, f(0), data)),
         (_gemm_kernel, (x, x, False, True, f(0), np.ones((2, 2), f))),
         (_add_bias_kernel, (y, v)),
