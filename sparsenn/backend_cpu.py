@@ -104,7 +104,9 @@ def relu(x, out) -> None:
 
 def relu_backward(y, dy, dx) -> None:
     """dx = dy where y > 0, else 0 (y the ReLU's output)."""
-    np.multiply(dy, y > 0, out=dx)
+    # y >= 0, so sign(y) is exactly the 0/1 mask: two passes, no temporary array per step
+    np.sign(y, out=dx)
+    dx *= dy
 
 
 def multiply(w, mask) -> None:

@@ -119,11 +119,11 @@ def softmax_xent(logits, labels, dlogits) -> float:
     """
     if not is_array(labels):
         labels = cuda.to_device(np.ascontiguousarray(labels))
-    result = _loss_result.get(logits.dtype)
-    if result is None:
-        result = _loss_result[logits.dtype] = cuda.device_array(2, dtype=logits.dtype)
+    if logits.dtype not in _loss_result:  # (device result, host copy), reused every step
+        _loss_result[logits.dtype] = (cuda.device_array(2, logits.dtype), np.empty(2, logits.dtype))
+    result, host = _loss_result[logits.dtype]
     _k.softmax_xent(logits, labels, dlogits, result)
-    loss, n_bad = result.copy_to_host()
+    loss, n_bad = result.copy_to_host(host)
     if n_bad:
         raise ValueError(f"{int(n_bad)} labels of the batch are outside [0, {logits.shape[0]}) "
                          f"(the number of classes)")

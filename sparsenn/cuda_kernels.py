@@ -54,13 +54,12 @@ def _blocks(n: int, per_block: int) -> int:
 
 
 @cuda.jit
-def _spmm_kernel(indptr, indices, data, perm, has_perm, x, bias, has_bias, zero, out):
+def _spmm_kernel(indptr, indices, data, perm, has_perm, x, bias, has_bias, out):
     """out[r, b] = sum_k w_k * x[indices[k], b]  (+ bias[r]),  k in row r,
     w_k = data[perm[k]] if has_perm (W^T: t_perm) else data[k] (W).
 
     indptr[n_rows+1], indices[nnz], data[nnz], perm[nnz] (read only if has_perm);
     x[n_in, batch]; bias[n_rows] (read only if has_bias); out[n_rows, batch]: overwritten.
-    zero: 0 in out's dtype, so the sum accumulates in that precision (as on the CPU).
     Thread mapping: one warp per (row, 32 batch columns); lane = batch column. The lanes share
     the row's indices and weights (broadcast loads) and read 32 neighbouring x values per
     nonzero (coalesced). Each thread owns one output value: no races, no atomics.
@@ -70,7 +69,8 @@ def _spmm_kernel(indptr, indices, data, perm, has_perm, x, bias, has_bias, zero,
     b = cuda.blockIdx.y * WARP + cuda.threadIdx.x % WARP
     if r >= out.shape[0] or b >= out.shape[1]:
         return
-    acc = bias[r] if has_bias else zero
+    # out.dtype.type(0), not 0.0: the sum stays in out's precision (0.0 would make it float64)
+    acc = bias[r] if has_bias else out.dtype.type(0)
     for k in range(indptr[r], indptr[r + 1]):
         w = data[perm[k]] if has_perm else data[k]
         acc += w * x[indices[k], b]
@@ -85,7 +85,7 @@ def spmm(indptr, indices, data, x, out, bias=None, perm=None):
     has_bias, has_perm = bias is not None, perm is not None
     # arrays that are not read (bias, perm) are passed as placeholders of the right type
     _spmm_kernel[grid, ROWS_PER_BLOCK * WARP](indptr, indices, data, perm if has_perm else indptr, has_perm, x,
-                                               bias if has_bias else data, has_bias, out.dtype.type(0), out)
+                                               bias if has_bias else data, has_bias, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,11 +94,10 @@ def spmm(indptr, indices, data, x, out, bias=None, perm=None):
 
 
 @cuda.jit
-def _sddmm_kernel(indptr, indices, dy, x, zero, out):
+def _sddmm_kernel(indptr, indices, dy, x, out):
     """out[k] = sum_b dy[r, b] * x[indices[k], b] for every stored entry k of row r.
 
-    indptr[n_rows+1], indices[nnz]; dy[n_rows, batch], x[n_in, batch]; out[nnz]: overwritten;
-    zero: 0 in dy's dtype (the accumulator's precision).
+    indptr[n_rows+1], indices[nnz]; dy[n_rows, batch], x[n_in, batch]; out[nnz]: overwritten.
     Thread mapping: one block of 32 threads per row; lane l sums batch columns l, l+32, ...
     The row's entries go 32 at a time: each lane writes its partial dot product for each of
     the 32 entries into shared memory, part[e, lane]; then lane e adds up row e of part (a
@@ -111,6 +110,7 @@ def _sddmm_kernel(indptr, indices, dy, x, zero, out):
     r = cuda.blockIdx.x
     lane = cuda.threadIdx.x
     batch = dy.shape[1]
+    zero = dy.dtype.type(0)  # accumulate in dy's precision, as the CPU kernel does
     start, end = indptr[r], indptr[r + 1]
     for k0 in range(start, end, WARP):
         for e in range(WARP):
@@ -131,7 +131,7 @@ def _sddmm_kernel(indptr, indices, dy, x, zero, out):
 
 def sddmm(indptr, indices, dy, x, out):
     """out[k] = dot(dy[row_k], x[indices[k]]): (dy @ x.T) sampled at the pattern of W."""
-    _sddmm_kernel[max(1, dy.shape[0]), WARP](indptr, indices, dy, x, dy.dtype.type(0), out)
+    _sddmm_kernel[max(1, dy.shape[0]), WARP](indptr, indices, dy, x, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def sddmm(indptr, indices, dy, x, out):
 
 
 @cuda.jit
-def _gemm_kernel(a, b, ta, tb, zero, out):
+def _gemm_kernel(a, b, ta, tb, out):
     """out[i, j] = sum_k A[i, k] B[k, j],  A = a.T if ta else a,  B = b.T if tb else b.
 
-    out[m, n]: overwritten; zero: 0 in out's dtype. Thread mapping: a 16 x 16 block computes a 16 x 16 tile of out,
+    out[m, n]: overwritten. Thread mapping: a 16 x 16 block computes a 16 x 16 tile of out,
     threadIdx.x along j (the contiguous axis of out). For each 16-wide slice of k the block
     copies a tile of A and of B into shared memory, reading along the *contiguous* axis of a
     and b whichever way they are transposed (coalesced), then every thread does 16
@@ -156,20 +156,21 @@ def _gemm_kernel(a, b, ta, tb, zero, out):
     i0, j0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
     m, n = out.shape
     kk = b.shape[1] if tb else b.shape[0]
+    zero = out.dtype.type(0)  # (0.0 would pull the tile loads into float64)
     acc = zero
     for k0 in range(0, kk, TILE):
         if ta:  # A[i, k] = a[k, i]: thread (ty, tx) reads a[k0 + ty, i0 + tx]
             i, k = i0 + tx, k0 + ty
-            sa[tx, ty] = a[k, i] if i < m and k < kk else 0.0
+            sa[tx, ty] = a[k, i] if i < m and k < kk else zero
         else:
             i, k = i0 + ty, k0 + tx
-            sa[ty, tx] = a[i, k] if i < m and k < kk else 0.0
+            sa[ty, tx] = a[i, k] if i < m and k < kk else zero
         if tb:  # B[k, j] = b[j, k]: thread (ty, tx) reads b[j0 + ty, k0 + tx]
             k, j = k0 + tx, j0 + ty
-            sb[tx, ty] = b[j, k] if j < n and k < kk else 0.0
+            sb[tx, ty] = b[j, k] if j < n and k < kk else zero
         else:
             k, j = k0 + ty, j0 + tx
-            sb[ty, tx] = b[k, j] if j < n and k < kk else 0.0
+            sb[ty, tx] = b[k, j] if j < n and k < kk else zero
         cuda.syncthreads()
         for q in range(TILE):
             acc += sa[ty, q] * sb[q, tx]
@@ -182,7 +183,7 @@ def _gemm_kernel(a, b, ta, tb, zero, out):
 def gemm(a, b, out, ta: bool = False, tb: bool = False):
     """out = op(a) @ op(b) with op(a) = a.T if ta (a view is never materialised)."""
     m, n = out.shape
-    _gemm_kernel[(_blocks(n, TILE), _blocks(m, TILE)), (TILE, TILE)](a, b, ta, tb, out.dtype.type(0), out)
+    _gemm_kernel[(_blocks(n, TILE), _blocks(m, TILE)), (TILE, TILE)](a, b, ta, tb, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def _sum_batch_kernel(dy, out):
     part = cuda.shared.array(REDUCE_THREADS, dtype=dy.dtype)
     r = cuda.blockIdx.x
     t = cuda.threadIdx.x
-    s = 0.0
+    s = dy.dtype.type(0)  # in dy's precision, like np.sum
     for b in range(t, dy.shape[1], REDUCE_THREADS):
         s += dy[r, b]
     part[t] = s
@@ -247,7 +248,7 @@ def _relu_kernel(x, out):
 def _relu_backward_kernel(y, dy, dx):
     """dx[i] = dy[i] if y[i] > 0 else 0 (y the ReLU's output); flat arrays."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
-        dx[i] = dy[i] if y[i] > 0 else 0.0
+        dx[i] = dy[i] if y[i] > 0 else dy.dtype.type(0)
 
 
 @cuda.jit
@@ -355,25 +356,33 @@ def _sgd_kernel(w, g, v, lr, momentum, weight_decay, nesterov):
             w[i] -= lr * vi
 
 
+def _scalars(w, *values):
+    # Python floats would make every update float64 arithmetic (slow on most GPUs): pass
+    # the hyper-parameters in the parameter's own dtype.
+    return tuple(w.dtype.type(v) for v in values)
+
+
 def sgd_update(w, g, v, lr, momentum, weight_decay, nesterov):
-    _sgd_kernel[_grid1(w.shape[0]), ELEMENTWISE_THREADS](w, g, v, lr, momentum, weight_decay, nesterov)
+    _sgd_kernel[_grid1(w.shape[0]), ELEMENTWISE_THREADS](w, g, v, *_scalars(w, lr, momentum, weight_decay),
+                                                         bool(nesterov))
 
 
 @cuda.jit
 def _adam_kernel(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
     """The twin of sparsenn.optim.adam_update: Adam with L2 decay, bias corrections bc1, bc2."""
+    one = w.dtype.type(1)  # (a plain 1 - beta1 would be float64 arithmetic)
     for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         gi = g[i] + weight_decay * w[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        mi = beta1 * m[i] + (one - beta1) * gi
+        vi = beta2 * v[i] + (one - beta2) * gi * gi
         m[i] = mi
         v[i] = vi
         w[i] -= lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
 
 
 def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
-    _adam_kernel[_grid1(w.shape[0]), ELEMENTWISE_THREADS](w, g, m, v, lr, beta1, beta2, eps,
-                                                          weight_decay, bc1, bc2)
+    _adam_kernel[_grid1(w.shape[0]), ELEMENTWISE_THREADS](
+        w, g, m, v, *_scalars(w, lr, beta1, beta2, eps, weight_decay, bc1, bc2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,18 +430,18 @@ def ptx_examples():
     data, v = np.ones(2, f), np.ones(2, f)
     x, y = np.ones((2, 3), f), np.ones((2, 3), f)
     return [
-        (_spmm_kernel, (indptr, indices, data, perm, True, x, data, True, f(0), y)),
-        (_spmm_kernel, (indptr, indices, data, indptr, False, x, data, False, f(0), y)),
-        (_sddmm_kernel, (indptr, indices, y, x, f(0), data)),
-        (_gemm_kernel, (x, x, False, True, f(0), np.ones((2, 2), f))),
+        (_spmm_kernel, (indptr, indices, data, perm, True, x, data, True, y)),
+        (_spmm_kernel, (indptr, indices, data, indptr, False, x, data, False, y)),
+        (_sddmm_kernel, (indptr, indices, y, x, data)),
+        (_gemm_kernel, (x, x, False, True, np.ones((2, 2), f))),
         (_add_bias_kernel, (y, v)),
         (_sum_batch_kernel, (y, v)),
         (_relu_kernel, (data, v)),
         (_relu_backward_kernel, (data, v, v)),
         (_multiply_kernel, (data, np.ones(2, bool))),
         (_softmax_xent_kernel, (x, np.zeros(3, i64), y, np.zeros(2, f))),
-        (_sgd_kernel, (data, v, v, 0.1, 0.9, 1e-4, True)),
-        (_adam_kernel, (data, v, v, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001)),
+        (_sgd_kernel, (data, v, v, f(0.1), f(0.9), f(1e-4), True)),
+        (_adam_kernel, (data, v, v, v) + tuple(f(s) for s in (0.1, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001))),
         (_gather_batch_kernel, (np.ones((4, 2), f), np.zeros(3, i64), x)),
         (_take_kernel, (np.zeros(4, i64), np.zeros(3, i64), np.zeros(3, i64))),
     ]

@@ -21,7 +21,7 @@ import numpy as np
 from sparsenn import backend_cpu
 from sparsenn import init as initializers
 from sparsenn.csr import CSRPattern
-from sparsenn.device import backend
+from sparsenn.device import backend, to_host
 
 
 class Parameter:
@@ -40,7 +40,7 @@ class Parameter:
 
     def host(self) -> np.ndarray:
         """The value as a NumPy array (the array itself on the CPU, a copy from a GPU)."""
-        return self.value if backend_cpu.is_array(self.value) else self.value.copy_to_host()
+        return to_host(self.value)
 
     def __repr__(self):
         return f"Parameter({self.name}, shape={self.value.shape}, dtype={self.value.dtype})"

@@ -194,9 +194,10 @@ def test_fit_on_cuda_matches_fit_on_the_cpu_and_resumes(tmp_path, rng):
 
     data = ArrayData(rng.standard_normal((18, 12)).astype(np.float32), rng.integers(0, 3, 18),
                      rng.standard_normal((10, 12)).astype(np.float32), rng.integers(0, 3, 10))
-    runs = []
+    runs, models = [], []
     for device in ("cpu", "cuda"):
         model = _tiny_model(np.random.default_rng(3), bias=False).to(device)
+        models.append(model)
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
         runs.append(fit(model, data, opt, lambda step: 0.05, epochs=2, batch_size=8, seed=1, progress=False,
                         log=lambda *a: None, save_path=tmp_path / f"{device}.npz"))
@@ -205,12 +206,17 @@ def test_fit_on_cuda_matches_fit_on_the_cpu_and_resumes(tmp_path, rng):
     for a, b in zip(cpu["history"], gpu["history"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["test_acc"] == a["test_acc"]
-    # a checkpoint written from the GPU resumes on the CPU (and the other way) bit for bit in format
+    for p_cpu, p_gpu in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(p_gpu.host(), p_cpu.value, rtol=1e-5, atol=1e-6, err_msg=p_cpu.name)
+    # the checkpoint written from the GPU loads into a CPU model: the GPU run's final weights
     model = _tiny_model(np.random.default_rng(99), bias=False)
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
     s = fit(model, data, opt, lambda step: 0.05, epochs=2, batch_size=8, seed=1, progress=False,
             log=lambda *a: None, resume=tmp_path / "cuda.npz")
-    assert s["test_acc"] == pytest.approx(gpu["test_acc"])
+    assert s["steps"] == 6
+    for p, p_gpu in zip(model.parameters(), models[1].parameters()):
+        np.testing.assert_array_equal(p.value, p_gpu.host(), err_msg=p.name)
+    assert s["test_acc"] == gpu["test_acc"]
 
 
 def test_conv_model_step_on_cuda_matches_the_cpu(rng):
@@ -277,37 +283,6 @@ def test_cuda_status_without_numba_cuda_names_the_extra():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.stdout.strip() == "cpu"
     assert "numba-cuda is not installed" in r.stderr and 'pip install -e ".[gpu]"' in r.stderr
-
-
-# --------------------------------------------------------------------------- real compiler
-
-
-_PTX_CHECK = r"""
-import sys, numba
-from numba import cuda
-try:
-    cuda.compile_ptx(lambda a: None, (numba.float32[:],), cc=(9, 0))
-except Exception as e:  # NVVM or NVRTC missing
-    print("NO-COMPILER", type(e).__name__, e)
-    sys.exit(0)
-import importlib
-for name in sys.argv[1:]:
-    for kernel, args in importlib.import_module(name).ptx_examples():
-        cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(a) for a in args), cc=(9, 0))
-        print("compiled", name, kernel.py_func.__name__)
-"""
-
-
-def test_every_cuda_kernel_compiles_for_a_real_gpu():
-    """The simulator does not type-check like the GPU compiler: compile each kernel to PTX for
-    an H100 (compute capability 9.0). Needs NVVM/NVRTC (the GPU extra), not a GPU."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    r = subprocess.run([sys.executable, "-c", _PTX_CHECK, "sparsenn.cuda_kernels"], capture_output=True,
-                       text=True, env=env, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if r.stdout.startswith("NO-COMPILER"):
-        pytest.skip("the CUDA compiler libraries are not installed (pip install -e '.[gpu]'): " + r.stdout.strip())
-    assert r.stdout.count("compiled") == len(ck.ptx_examples())
 
 
 def test_pruning_a_model_on_cuda_says_to_prune_on_the_cpu(rng):
