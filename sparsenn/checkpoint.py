@@ -20,7 +20,7 @@ import numpy as np
 
 from sparsenn.csr import CSRPattern
 from sparsenn.device import backend_of
-from sparsenn.io import atomic_savez
+from sparsenn.io import atomic_savez, read_npz
 from sparsenn.layers import SparseLinear
 
 
@@ -83,16 +83,13 @@ def save_checkpoint(path, model, optimizer=None, step: int = 0, epoch: int = 0, 
 def read_checkpoint(path) -> dict:
     """All arrays of a checkpoint, with ``config``/``meta``/``rng_state`` decoded from JSON."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            d = {k: f[k] for k in f.files}
-    except Exception as e:  # zip or format errors from a truncated or foreign file
-        raise ValueError(f"{path}: not a readable sparsenn checkpoint ({e})") from None
+    d = read_npz(path, "sparsenn checkpoint")
     for k in ("config", "meta", "rng_state"):
         if k in d:
-            d[k] = json.loads(str(d[k]))
+            try:
+                d[k] = json.loads(str(d[k]))
+            except ValueError:
+                raise ValueError(f"{path}: not a sparsenn checkpoint (its {k!r} entry is not JSON)") from None
     if "step" not in d:
         raise ValueError(f"{path}: not a sparsenn checkpoint (no 'step' entry)")
     return d
