@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparsenn import checkpoint as ckpt_io
+from sparsenn.io import check_output_path
 from sparsenn.loss import SoftmaxCrossEntropy
 
 
@@ -109,7 +110,8 @@ def model_nnz(model) -> tuple[int, int]:
 def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size: int, seed: int,
         eval_every: int = 0, metrics_path=None, save_path=None, save_every: int = 0, resume=None,
         config: dict | None = None, callbacks=(), progress: bool = True, log=print,
-        eval_batch_size: int = 1000) -> dict:
+        eval_batch_size: int = 1000, blowup_factor: float = 100.0, blowup_steps: int = 10,
+        blowup_window: int = 100) -> dict:
     """Train ``model`` and return a summary dict.
 
     schedule: step -> learning rate (``sparsenn.schedules``). eval_every: also evaluate on the
@@ -117,11 +119,23 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
     atomically at each epoch end and every ``save_every`` steps. resume: a checkpoint path to
     continue from. callbacks: objects with ``on_step_end(step, model, optimizer)`` (e.g.
     gradual pruning). eval_batch_size: samples per forward pass when evaluating (memory: a
-    convolution's patch matrix grows with it). Raises :class:`TrainingDiverged` on a NaN or
-    infinite loss.
+    convolution's patch matrix grows with it).
+
+    Divergence: raises :class:`TrainingDiverged` on a NaN or infinite loss, and when the loss
+    exceeds ``blowup_factor`` times the loss of guessing (ln of the number of classes: 230 for
+    10 classes at the default 100) in ``blowup_steps`` of the last ``blowup_window`` steps
+    (``blowup_steps=0`` turns this off). A learning rate far too high gives finite losses of
+    1e10-1e23 for a few steps, then a network whose ReLUs are all dead and whose loss sits at
+    ln(10): finite, but no longer training; a healthy run never reaches 100x ln(10). The
+    message names the step and the last checkpoint written before it.
+
+    Resuming with ``metrics_path``: lines of that file written after the checkpoint's step (by
+    the run that was stopped) are removed, because the resumed run writes them again.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    check_output_path(save_path, "save_path")  # fail now, not after the first epoch
+    check_output_path(metrics_path, "metrics_path")
     n = len(data.x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
@@ -132,6 +146,12 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         ckpt_io.restore(ck, model, optimizer, source=os.fspath(resume))
         step = int(ck["step"])
         log(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch + 1})")
+        if metrics_path:
+            dropped = _drop_metrics_after(metrics_path, step)
+            if dropped:
+                log(f"{metrics_path}: removed {dropped} line(s) written after step {step} by the stopped run")
+    if metrics_path:
+        os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
     metrics_file = open(metrics_path, "a") if metrics_path else None
     loss_fn = SoftmaxCrossEntropy()
     # the data where the model is: on a GPU, copied there once (MNIST's training set: 188 MB)
@@ -142,6 +162,13 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
     y_buf = ops.empty((batch_size,), data.y_train.dtype)
     last_good = resume
     epoch_times, history = [], []
+    blown = []  # recent steps whose loss exceeded blowup_factor x the loss of guessing
+
+    def diverged(why):
+        where = (f"the last checkpoint written before it is {last_good} (it may itself be close to "
+                 f"diverging: resume from it with a lower learning rate)") if last_good else \
+            "no checkpoint was written; try a lower learning rate"
+        return TrainingDiverged(f"{why} at step {step + 1} (epoch {epoch + 1}, lr {optimizer.lr:g}); {where}")
 
     def write(record):
         history.append(record)
@@ -161,10 +188,11 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             epoch = step // steps_per_epoch
             perm = ops.asarray(epoch_permutation(seed, epoch, n))
             first = step - epoch * steps_per_epoch
-            losses = []
+            losses, images = [], 0
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                        disable=not progress, leave=False, file=sys.stderr, mininterval=0.5)
             t_epoch = t_bar = time.perf_counter()
+            bar_images = 0
             t_eval = 0.0
             for b in range(first, steps_per_epoch):
                 idx = perm[b * batch_size:(b + 1) * batch_size]
@@ -175,24 +203,29 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                 ops.gather_batch(x_train, idx, x)  # x: (n_features, batch)
                 ops.take(y_train, idx, y)  # y: (batch,)
                 optimizer.lr = schedule(step)
-                loss = loss_fn.forward(model.forward(x), y)
+                logits = model.forward(x)  # (n_classes, batch)
+                loss = loss_fn.forward(logits, y)
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss} at step {step + 1} (epoch {epoch + 1}, lr {optimizer.lr:g}); "
-                        + (f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved")
-                    )
+                    raise diverged(f"the loss became {loss}")
+                guess = math.log(logits.shape[0])  # the loss of uniform predictions
+                if blowup_steps and loss > blowup_factor * guess:
+                    blown = [s for s in blown if s > step - blowup_window] + [step]
+                    if len(blown) >= blowup_steps:
+                        raise diverged(f"the loss exceeded {blowup_factor:g} x the loss of guessing ({guess:.3g}) "
+                                       f"in {len(blown)} of the last {blowup_window} steps (now {loss:.3g})")
                 model.backward(loss_fn.backward())
                 optimizer.step()
                 step += 1
                 losses.append(loss)
+                images += len(idx)
                 for cb in callbacks:
                     cb.on_step_end(step, model, optimizer)
                 if progress and (b + 1 - first) % 25 == 0:
                     now = time.perf_counter()
                     bar.update(25)
                     bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}",
-                                    img_s=f"{25 * batch_size / (now - t_bar):,.0f}", refresh=False)
-                    t_bar = now
+                                    img_s=f"{(images - bar_images) / (now - t_bar):,.0f}", refresh=False)
+                    t_bar, bar_images = now, images
                 if eval_every and step % eval_every == 0 and step % steps_per_epoch:
                     t0 = time.perf_counter()
                     acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
@@ -212,11 +245,12 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             nnz, full = model_nnz(model)
             rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                    "test_acc": acc, "test_loss": test_loss, "lr": optimizer.lr,
-                   "epoch_seconds": seconds, "steps_timed": len(losses), "nnz": nnz, "density": nnz / full}
+                   "epoch_seconds": seconds, "steps_timed": len(losses), "images_timed": images,
+                   "nnz": nnz, "density": nnz / full}
             write(rec)
             log(f"epoch {epoch + 1:>3}/{epochs}  step {step:>6}  loss {rec['train_loss']:.4f}  "
                 f"test_acc {100 * acc:6.2f}%  lr {optimizer.lr:.4g}  {seconds:6.2f} s "
-                f"({len(losses) * batch_size / max(seconds, 1e-9):,.0f} img/s)")
+                f"({images / max(seconds, 1e-9):,.0f} img/s)")
             save(epoch + 1)
     finally:
         if metrics_file:
@@ -238,6 +272,33 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         "density": nnz / full,
         "history": history,
     }
+
+
+def _drop_metrics_after(path, step: int) -> int:
+    """Remove the trailing lines of a metrics file whose ``step`` is past ``step`` (written by
+    a run after its last checkpoint); returns how many. Earlier lines, and lines of other
+    runs before them, are kept as they are. The file is rewritten atomically."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    keep = len(lines)
+    while keep > 0:
+        try:
+            record = json.loads(lines[keep - 1])
+        except ValueError:  # a line cut short by the kill
+            keep -= 1
+            continue
+        if not isinstance(record, dict) or record.get("step", -1) <= step:
+            break
+        keep -= 1
+    if keep == len(lines):
+        return 0
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(lines[:keep])
+    os.replace(tmp, path)
+    return len(lines) - keep
 
 
 def format_summary(summary: dict) -> str:

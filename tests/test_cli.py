@@ -1,0 +1,151 @@
+"""Command-line conventions (sparsenn.cli) and the training loop's guards against bad runs."""
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+
+from sparsenn import cli, schedules
+from sparsenn.optim import SGD
+from sparsenn.train import TrainingDiverged, fit
+from tests.test_train import small_model, small_problem
+
+
+def parser():
+    p = argparse.ArgumentParser(formatter_class=cli.HelpFormatter)
+    p.add_argument("--epochs", type=cli.positive_int, default=30, help="epochs")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for sgd)")
+    p.add_argument("--seed", type=cli.nonneg_int, default=0)
+    p.add_argument("--save")
+    p.add_argument("--topology", default="radix")
+    return p
+
+
+def test_given_flags_are_those_written_even_at_their_default_value():
+    assert cli.given_flags(parser(), ["--epochs", "30", "--save=x.npz"]) == {"epochs", "save"}
+    assert cli.given_flags(parser(), ["--epo", "4"]) == {"epochs"}  # argparse's abbreviations too
+    assert cli.given_flags(parser(), []) == set()
+    assert parser().parse_args([]).epochs == 30  # defaults restored afterwards
+
+
+def test_int_types_name_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--seed", "-1"])
+    assert "argument --seed: must be a non-negative integer, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--epochs", "0"])
+    assert "argument --epochs: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_help_shows_each_default_once():
+    text = parser().format_help()
+    assert "(default: None)" not in text and "(default 0.05 for sgd)" in text
+    assert "(default: 30)" in text
+
+
+SAVED = {"epochs": 4, "lr": 0.05, "seed": 0, "save": "/r/run.npz", "topology": "radix", "device": "cpu"}
+
+
+def resume(argv, log=None):
+    args = vars(parser().parse_args(argv))
+    args["device"] = "auto"
+    return cli.resume_config(SAVED, args, cli.given_flags(parser(), argv), changeable=("epochs", "save"),
+                             local=("device",), log=log or (lambda m: None))
+
+
+def test_resume_takes_the_run_from_the_checkpoint():
+    said = []
+    config = resume([], said.append)
+    assert config["epochs"] == 4 and config["save"] == "/r/run.npz" and config["lr"] == 0.05
+    assert config["device"] == "auto"  # where to run belongs to this command line
+    assert said == ["resume: from the checkpoint: --epochs 4, --save /r/run.npz"]
+
+
+def test_resume_may_extend_a_run_and_says_so():
+    said = []
+    config = resume(["--epochs", "8"], said.append)
+    assert config["epochs"] == 8
+    assert "resume: --epochs 8 replaces the checkpoint's 4" in said
+
+
+def test_resume_refuses_flags_that_define_the_run():
+    assert resume(["--lr", "0.05", "--topology", "radix"])["lr"] == 0.05  # the same values: fine
+    with pytest.raises(ValueError) as e:
+        resume(["--lr", "0.1", "--topology", "dense", "--seed", "0"])
+    msg = str(e.value)
+    assert msg.startswith("these flags cannot change when resuming a run: ")
+    assert "--lr 0.1 (the checkpoint's run has 0.05)" in msg and "--topology dense (the checkpoint's run has radix)" in msg
+    assert "--seed" not in msg
+
+
+def test_short_last_batch_counts_the_images_it_has(tmp_path):
+    lines = []
+    model = small_model()
+    opt = SGD(model.parameters(), lr=0.05)
+    # 500 images in batches of 300: one of 300 and one of 200, so 500 images, not 600
+    summary = fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=1, batch_size=300, seed=0,
+                  progress=False, log=lines.append)
+    rec = summary["history"][0]
+    assert rec["images_timed"] == 500 and rec["steps_timed"] == 2
+    rate = float(re.search(r"\(([\d,]+) img/s\)", lines[-1]).group(1).replace(",", ""))
+    assert rate == pytest.approx(500 / rec["epoch_seconds"], rel=0.01, abs=1)
+
+
+def test_a_loss_that_blows_up_stops_the_run_even_while_finite(monkeypatch, tmp_path):
+    from sparsenn import loss as loss_module
+
+    real = loss_module.SoftmaxCrossEntropy.forward
+    step = {"n": 0}
+
+    def spiking(self, logits, labels):  # finite, 1e12 on every third step: no training
+        value = real(self, logits, labels)
+        step["n"] += 1
+        return 1e12 if step["n"] % 3 == 0 else value
+
+    monkeypatch.setattr(loss_module.SoftmaxCrossEntropy, "forward", spiking)
+    model = small_model()
+    opt = SGD(model.parameters(), lr=0.05)
+    with pytest.raises(TrainingDiverged, match=r"the loss exceeded 100 x the loss of guessing \(1.39\) in 10 of "
+                                               r"the last 100 steps \(now 1e\+12\) at step \d+ .*no checkpoint was "
+                                               r"written; try a lower learning rate"):
+        fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=10, batch_size=50, seed=0,
+            progress=False, log=lambda *a: None)
+    step["n"] = 0
+    fit(small_model(), small_problem(), SGD(small_model().parameters(), lr=0.05), schedules.Constant(0.05),
+        epochs=1, batch_size=50, seed=0, progress=False, log=lambda *a: None, blowup_steps=0)  # turned off
+
+
+def test_fit_checks_its_output_paths_before_training(tmp_path):
+    model = small_model()
+    opt = SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="save_path .*: is a directory"):
+        fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=1, batch_size=50, seed=0,
+            save_path=tmp_path, progress=False, log=lambda *a: None)
+    assert opt.steps == 0  # not a single step was taken
+
+
+def test_resume_removes_metrics_written_after_the_checkpoint(tmp_path):
+    metrics, ckpt = tmp_path / "m.jsonl", tmp_path / "c.npz"
+
+    def run(epochs, resume=None):
+        model = small_model()
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return fit(model, small_problem(), opt, schedules.Cosine(0.05, 30), epochs=epochs, batch_size=50,
+                   seed=0, save_path=ckpt, metrics_path=metrics, resume=resume, progress=False,
+                   log=lambda *a: None)
+
+    run(1)
+    straight = [json.loads(l) for l in open(metrics)]
+    # the stopped run got further than its checkpoint: a line for step 20, and half a line
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"kind": "epoch", "step": 20}) + "\n" + '{"kind": "ep')
+    said = []
+    model = small_model()
+    fit(model, small_problem(), SGD(model.parameters(), lr=0.05, momentum=0.9), schedules.Cosine(0.05, 30),
+        epochs=2, batch_size=50, seed=0, save_path=ckpt, metrics_path=metrics, resume=ckpt, progress=False,
+        log=said.append)
+    lines = [json.loads(l) for l in open(metrics)]
+    assert [l["step"] for l in lines] == [10, 20] and lines[0] == straight[0]
+    assert any("removed 2 line(s) written after step 10" in s for s in said)
