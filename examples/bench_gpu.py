@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from sparsenn import cli
 from sparsenn.csr import CSRPattern
 from sparsenn.device import cuda_status, describe, is_simulator
 
@@ -100,9 +101,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7, help="timings per kernel (median reported)")
     ap.add_argument("--inner", type=int, default=20, help="launches per timing")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=cli.nonneg_int, default=0)
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
+    cli.check_output_paths(args, files=("json",), parser=ap)
     ok, why = cuda_status()
     if not ok:
         print(f"error: no GPU to benchmark on: {why}", file=sys.stderr)

@@ -48,6 +48,7 @@ import numba
 import numpy as np
 import scipy
 
+from sparsenn import cli
 from sparsenn.csr import CSRPattern, balanced_row_splits
 from sparsenn.kernels import sddmm, spmm
 from sparsenn.runtime import thread_info
@@ -350,6 +351,7 @@ def parse_args(argv):
                          f"the density sweep runs when {SWEEP.shape} is among them")
     ap.add_argument("--check", action="store_true", help="exit 1 if any target FAILs")
     args = ap.parse_args(argv)
+    cli.check_output_paths(args, files=("json",), parser=ap)
     if args.cases:
         args.cases = [s.strip() for s in args.cases.split(",") if s.strip()]
         bad = [s for s in args.cases if s not in shapes]

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 import sparsenn  # noqa: F401 - configures the BLAS thread pool on import
-from sparsenn import data, schedules
+from sparsenn import cli, data, schedules
 from sparsenn.conv import _Im2colConv
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import layer_table, lenet5
@@ -42,7 +42,7 @@ PART_NAMES = {"_patches": "im2col", "_product": "W@cols", "_weight_grad": "dW", 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--topologies", nargs="+", default=["dense", "random"], choices=["dense", "random"])
     p.add_argument("--density", type=float, default=0.1, help="conv2 and fc1 density for 'random'")
     p.add_argument("--variant", choices=["tf", "caffe"], default="tf")
@@ -52,8 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="also time one real epoch of real MNIST with fit")
     p.add_argument("--data-dir", help="where MNIST lives for --full (default: $SPARSENN_DATA, then data/, ...)")
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "lenet5_bench.json"))
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=cli.nonneg_int, default=0)
+    args = p.parse_args(argv)
+    cli.check_output_paths(args, files=("json",), parser=p)
+    return args
 
 
 def load_average() -> str:

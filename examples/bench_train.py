@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 import sparsenn  # noqa: F401  (configures BLAS threads)
-from sparsenn import data
+from sparsenn import cli, data
 from sparsenn.device import describe, resolve_device
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import lenet300
@@ -123,6 +123,7 @@ def main(argv=None):
                    help="where both sparsenn and PyTorch train (cpu by default: the timings in the README)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
+    cli.check_output_paths(args, files=("json",), parser=p)
 
     device = resolve_device(args.device)
     print("device:", describe(device))

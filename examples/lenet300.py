@@ -4,6 +4,7 @@
     python examples/lenet300.py --topology dense --epochs 20 --metrics runs/dense.jsonl
     python examples/lenet300.py --mask pruned.npz --save runs/ckpt.npz
     python examples/lenet300.py --resume runs/ckpt.npz          # continue a stopped run
+    python examples/lenet300.py --resume runs/ckpt.npz --epochs 40   # extend a finished one
 
 Reads top to bottom: configuration, data, model, optimiser, training, summary.
 """
@@ -13,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
 import numpy as np
 
 import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
-from sparsenn import checkpoint, data, schedules
+from sparsenn import checkpoint, cli, data, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import TOPOLOGIES, layer_table, lenet300
 from sparsenn.optim import SGD, Adam
@@ -30,7 +32,7 @@ from sparsenn.train import ArrayData, TrainingDiverged, fit, format_summary
 DEFAULTS = dict(
     topology="radix",      # the study's subject: 90%-sparse RadiX-Net, dense logits
     dataset="mnist",       # or fashion-mnist
-    epochs=30,             # ~0.7 s/epoch sparse, ~1.2 s/epoch dense here, incl. evaluation
+    epochs=30,             # ~0.3 s/epoch radix, ~0.8 s/epoch dense here (README, bench_train.py)
     batch_size=100,        # as in the 2019 study
     optimizer="sgd",       # SGD with Nesterov momentum ...
     lr=0.05,               # ... at 0.05, decayed by a cosine to 0 over the run
@@ -43,13 +45,14 @@ DEFAULTS = dict(
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--topology", choices=TOPOLOGIES, default=DEFAULTS["topology"])
     p.add_argument("--mask", metavar="FILE.npz", help="train on the masks in this file instead of --topology")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=DEFAULTS["dataset"])
     p.add_argument("--data-dir", help="where the dataset lives (default: $SPARSENN_DATA, then data/, ...)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--epochs", type=cli.positive_int, default=DEFAULTS["epochs"],
+                   help="with --resume: extend (or shorten) the run; the schedule is recomputed")
+    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"])
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
     p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
@@ -60,33 +63,40 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto picks an NVIDIA GPU when one is usable (needs the gpu extra)")
-    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: epoch ends)")
+    p.add_argument("--eval-every", type=cli.nonneg_int, default=0, help="also evaluate every N steps (0: epoch ends)")
     p.add_argument("--metrics", metavar="PATH", help="append JSON lines of metrics here")
     p.add_argument("--save", metavar="PATH", help="checkpoint (.npz) written at each epoch end")
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--save-every", type=cli.nonneg_int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue the run saved in this checkpoint, with its flags (its epochs, schedule, "
+                        "--save, --save-every and --metrics unless given again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        p.error("--epochs and --batch-size must be >= 1")
-    return args
+    return args, cli.given_flags(p, argv)
+
+
+# on --resume: flags that belong to this invocation, and flags that may change the run's course
+LOCAL = ("device", "resume", "no_progress", "data_dir")
+CHANGEABLE = ("epochs", "save", "save_every", "metrics", "eval_every")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, given = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # ---- configuration: a resumed run takes its configuration from the checkpoint ----------
     config = vars(args).copy()
+    # paths absolute, so that a run resumed from another directory writes to the same files
+    config.update({k: os.path.abspath(config[k]) for k in ("save", "metrics", "mask") if config[k]})
     if args.resume:
         saved = checkpoint.read_checkpoint(args.resume)["config"]
-        keep = {k: config[k] for k in ("device", "resume", "save", "metrics", "no_progress", "data_dir", "epochs")}
-        config = {**saved, **keep}
+        config = cli.resume_config(saved, config, given, changeable=CHANGEABLE, local=LOCAL)
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
+    cli.check_output_paths(config, files=("save", "metrics"))  # before hours of training, not after
     print("configuration:", json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True))
     device = resolve_device(config["device"])  # where to train: "cpu" or "cuda"
     print("device:", describe(device))

@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from sparsenn import cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -29,9 +31,10 @@ def main(argv=None):
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--topologies", nargs="*", default=["dense", "radix", "random", "xnet", "radix-wide", "random-wide"])
-    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--seeds", type=cli.nonneg_int, nargs="*", default=[0, 1, 2])
     p.add_argument("--out", default="runs/lenet300_seeds")
     args = p.parse_args(argv)
+    cli.check_output_paths(args, dirs=("out",), parser=p)
     os.makedirs(args.out, exist_ok=True)
 
     results = {}

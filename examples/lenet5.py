@@ -4,7 +4,8 @@
     python examples/lenet5.py --dataset mnist --topology random --density 0.1   # conv2, fc1 90% sparse
     python examples/lenet5.py --dataset cifar10 --topology random --metrics runs/c.jsonl --save runs/c.npz
     python examples/lenet5.py --mask pruned.npz                  # 4 masks: conv1, conv2, fc1, fc2
-    python examples/lenet5.py --resume runs/c.npz --epochs 60    # continue a stopped run
+    python examples/lenet5.py --resume runs/c.npz                # continue a stopped run
+    python examples/lenet5.py --resume runs/c.npz --epochs 60    # ... or extend a finished one
 
 The TensorFlow variant of the 2019 study by default (``--variant caffe`` for Caffe's LeNet-5);
 see ``sparsenn.models.lenet5``. CIFAR-10 images go through TensorFlow's tutorial pipeline:
@@ -20,12 +21,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 
 import numpy as np
 
-from sparsenn import augment, checkpoint, data, schedules
+from sparsenn import augment, checkpoint, cli, data, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import LENET5_TOPOLOGIES, LENET5_VARIANTS, layer_table, lenet5
 from sparsenn.optim import SGD, Adam
@@ -53,7 +55,7 @@ DEFAULTS = dict(
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"], default=DEFAULTS["dataset"])
     p.add_argument("--topology", choices=LENET5_TOPOLOGIES, default=DEFAULTS["topology"])
     p.add_argument("--density", type=float, default=DEFAULTS["density"],
@@ -63,57 +65,63 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="where the dataset lives (default: $SPARSENN_DATA, then data/, ...)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the dataset checksums (for the tests' tiny files only; never for real data)")
-    p.add_argument("--limit", type=int, default=0, metavar="N",
+    p.add_argument("--limit", type=cli.nonneg_int, default=0, metavar="N",
                    help="use only the first N training and N test images (quick checks)")
-    p.add_argument("--epochs", type=int, default=None, help="default: 5 for MNIST, 40 for CIFAR-10")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--epochs", type=cli.positive_int, default=None,
+                   help="default: 5 for MNIST, 40 for CIFAR-10; with --resume: extend (or shorten) the run")
+    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"])
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
     p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
     p.add_argument("--no-nesterov", action="store_true", help="classical instead of Nesterov momentum")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"],
+    p.add_argument("--warmup", type=cli.nonneg_int, default=DEFAULTS["warmup"],
                    help="steps of linear learning-rate warm-up (cosine schedule)")
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
                    help="steps at which the 'step' schedule halves the learning rate")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto picks an NVIDIA GPU when one is usable (needs the gpu extra)")
-    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: epoch ends)")
+    p.add_argument("--eval-every", type=cli.nonneg_int, default=0, help="also evaluate every N steps (0: epoch ends)")
     p.add_argument("--metrics", metavar="PATH", help="append JSON lines of metrics here")
     p.add_argument("--save", metavar="PATH", help="checkpoint (.npz) written at each epoch end")
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--save-every", type=cli.nonneg_int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue the run saved in this checkpoint, with its flags (its epochs, schedule, "
+                        "--save, --save-every and --metrics unless given again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1 or args.limit < 0:
-        p.error("--epochs and --batch-size must be >= 1, --limit >= 0")
     if not 0 < args.density <= 1:
         p.error(f"--density must be in (0, 1], got {args.density}")
-    return args
+    return args, cli.given_flags(p, argv)
+
+
+# on --resume: flags that belong to this invocation, and flags that may change the run's course
+LOCAL = ("device", "resume", "no_progress", "data_dir", "no_verify")
+CHANGEABLE = ("epochs", "save", "save_every", "metrics", "eval_every")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, given = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # ---- configuration: a resumed run takes its configuration from the checkpoint ----------
     config = vars(args).copy()
+    # paths absolute, so that a run resumed from another directory writes to the same files
+    config.update({k: os.path.abspath(config[k]) for k in ("save", "metrics", "mask") if config[k]})
     start_step = 0
     if args.resume:
         ck = checkpoint.read_checkpoint(args.resume)
         start_step = int(ck["step"])
-        keep = {k: config[k] for k in ("device", "resume", "save", "metrics", "no_progress", "data_dir", "no_verify")}
-        if args.epochs is not None:
-            keep["epochs"] = args.epochs
-        config = {**ck["config"], **keep}
+        config = cli.resume_config(ck["config"], config, given, changeable=CHANGEABLE, local=LOCAL)
     if config["epochs"] is None:
         config["epochs"] = DEFAULTS["epochs"][config["dataset"]]
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
+    cli.check_output_paths(config, files=("save", "metrics"))  # before hours of training, not after
     print("configuration:", json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True))
     device = resolve_device(config["device"])  # where to train: "cpu" or "cuda"
     print("device:", describe(device))

@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 import sparsenn
-from sparsenn import data, pruning, schedules
+from sparsenn import cli, data, pruning, schedules
 from sparsenn.io import save_masks
 from sparsenn.models import lenet300, lenet5
 from sparsenn.optim import SGD
@@ -108,16 +108,16 @@ REFERENCE_2019 = {  # Alford et al. 2019, LeNet-300-100 on MNIST, percent
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default=DEFAULTS["model"])
     p.add_argument("--sparsities", type=float, nargs="+", default=None,
                    help=f"target sparsities in [0, 1) (default {DEFAULTS['sparsities']}, "
                         f"with --quick {DEFAULTS['quick_sparsities']})")
-    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="run seeds 0 .. N-1")
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--seeds", type=cli.positive_int, default=DEFAULTS["seeds"], help="run seeds 0 .. N-1")
+    p.add_argument("--first-seed", type=cli.nonneg_int, default=0)
+    p.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="epochs per run (default: 20 for lenet300, 5 for lenet5; quick 2)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"])
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
@@ -129,7 +129,7 @@ def parse_args(argv=None):
     p.add_argument("--keep-last-dense", action="store_true", help="do not prune the last (logits) layer")
     p.add_argument("--prune-begin", type=float, default=DEFAULTS["prune_begin"], help="gradual: first epoch")
     p.add_argument("--prune-end", type=float, default=DEFAULTS["prune_end"], help="gradual: fraction of training")
-    p.add_argument("--prune-every", type=int, default=DEFAULTS["prune_every"], help="gradual: steps between prunings")
+    p.add_argument("--prune-every", type=cli.positive_int, default=DEFAULTS["prune_every"], help="gradual: steps between prunings")
     p.add_argument("--exponent", type=float, default=DEFAULTS["exponent"])
     p.add_argument("--crossover", type=float, default=DEFAULTS["crossover"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default=DEFAULTS["init_fan"],
@@ -153,8 +153,6 @@ def parse_args(argv=None):
         if not 0 <= s < 1:
             p.error(f"--sparsities must be in [0, 1), got {s}")
     args.sparsities = sorted(set(args.sparsities))
-    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1 or args.prune_every < 1:
-        p.error("--seeds, --epochs, --batch-size and --prune-every must be >= 1")
     if not 0 < args.prune_end <= 1 or args.prune_begin < 0:
         p.error("--prune-end must be in (0, 1] and --prune-begin >= 0")
     if args.plot:
@@ -163,6 +161,8 @@ def parse_args(argv=None):
         except ImportError:
             p.error("--plot needs matplotlib, which is not installed: pip install 'sparsenn[plot]' "
                     "(or pip install matplotlib)")
+    # every output path now, before hours of training, not after
+    cli.check_output_paths(args, files=("json", "csv", "speed", "gradual_log", "plot"), dirs=("save_dir",), parser=p)
     return args
 
 
@@ -422,9 +422,12 @@ def plot(path, rows) -> None:
 
 
 def _write_json(path, obj, indent=1) -> None:
+    """Atomically (a temporary file renamed over it): a kill never leaves half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
 
 
 # ---- main ---------------------------------------------------------------------------------
