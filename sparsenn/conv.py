@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from sparsenn import backend_cpu
 from sparsenn.im2col import conv_geometry
-from sparsenn.layers import Layer, Linear, SparseLinear, _check_array, _contiguous
+from sparsenn.layers import Layer, Linear, SparseLinear, _check_array, _check_grad, _contiguous
 from sparsenn.runtime import matmul
 
 
@@ -142,11 +142,13 @@ class _Im2colConv:
         """y = W cols + b, cols = im2col(x)  =>  dW = dy cols^T (stored entries only when sparse),
         db = sum of dy over (H_out, W_out, batch),  dcols = W^T dy,  dx = col2im(dcols).
 
-        dy: (C_out, H_out, W_out, batch) -> dx in the shape x had, or None when ``need_dx`` is
-        False (the first layer: skipping it saves the W^T product and the col2im).
+        dy: (C_out, H_out, W_out, batch), the shape of the last forward's y -> dx in the shape x
+        had, or None when ``need_dx`` is False (the first layer: skipping it saves the W^T
+        product and the col2im).
         """
         ops = self.ops
-        dy2 = ops.asarray(dy).reshape(self.out_channels, -1)  # (C_out, H_out*W_out*batch)
+        _check_grad(dy, self._out, self.name, ops)
+        dy2 = dy.reshape(self.out_channels, -1)  # (C_out, H_out*W_out*batch): a view
         # in the forward pass y[o, n] += W[o, k] * cols[k, n], so dW[o, k] = sum_n dy[o, n] cols[k, n]
         self._weight_grad(dy2, self._cols)
         if self.bias is not None:
@@ -222,14 +224,15 @@ class Conv2d(_Im2colConv, Linear):
     def to_sparse(self, mask) -> "SparseConv2d":
         """A SparseConv2d with this layer's geometry holding ``W[mask]`` (mask: bool
         (C_out, C_in*kh*kw)), sharing this layer's bias Parameter: the same function when the
-        weights outside ``mask`` are zero. (Pruning's dense -> CSR swap for a convolution.)"""
+        weights outside ``mask`` are zero. (Pruning's dense -> CSR swap for a convolution.)
+        An all-False mask is allowed here: the conversion keeps whatever pruning left."""
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.shape:
             raise ValueError(f"{self.name}: mask shape {mask.shape} != filter bank shape {self.shape}")
         # the constructor draws initial weights from this throwaway generator; they are overwritten
         new = SparseConv2d(self.in_channels, self.out_channels, self.kernel_size, mask, np.random.default_rng(0),
                            stride=self.stride, padding=self.padding, input_shape=self.input_shape,
-                           bias=self.bias is not None, dtype=self.dtype, name=self.name)
+                           bias=self.bias is not None, dtype=self.dtype, name=self.name, allow_empty=True)
         new.weight.value[...] = self.weight.host()[mask]  # row-major = CSR order
         if self.ops is not backend_cpu:
             new.to(self.device)
@@ -246,25 +249,28 @@ class SparseConv2d(_Im2colConv, SparseLinear):
     """Sparse 2-D convolution: the filter bank ``(C_out, C_in*kh*kw)`` stored in CSR on a fixed
     pattern, ``y = W @ im2col(x) + b`` with ``sparsenn.kernels.spmm``.
 
-    mask: boolean ``(C_out, C_in*kh*kw)`` (dense or scipy.sparse) or ``(C_out, C_in, kh, kw)``.
+    mask: boolean ``(C_out, C_in*kh*kw)`` (dense or scipy.sparse) or ``(C_out, C_in, kh, kw)``;
+    checked as :func:`sparsenn.layers.as_mask` checks it (0/1 integers yes, floats no).
     Only stored connections have weights, gradients (SDDMM), optimiser state and weight decay.
-    Other arguments as :class:`Conv2d`; ``fan`` as :class:`~sparsenn.layers.SparseLinear`.
+    Other arguments as :class:`Conv2d`; ``fan`` and ``allow_empty`` (a mask with no
+    connections is refused unless it is True) as :class:`~sparsenn.layers.SparseLinear`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, mask, rng, stride=1, padding="valid",
                  input_shape=None, init: str = "kaiming_normal", fan: str = "actual", bias: bool = True,
-                 dtype=np.float32, name: str = "sparse_conv"):
+                 dtype=np.float32, name: str = "sparse_conv", allow_empty: bool = False):
         self.name = name
         kh, kw = _pair(kernel_size, f"{name}: kernel_size")
         want = (int(out_channels), int(in_channels) * kh * kw)
-        if not hasattr(mask, "nnz"):  # scipy.sparse masks are 2-D already
+        if not sp.issparse(mask):  # scipy.sparse masks are 2-D already
             mask = np.asarray(mask)
             if mask.ndim == 4 and mask.shape == (want[0], in_channels, kh, kw):
                 mask = mask.reshape(want)
         if tuple(mask.shape) != want:
             raise ValueError(f"{name}: mask must have shape (C_out, C_in*kh*kw) = {want} "
                              f"(or (C_out, C_in, kh, kw)), got {tuple(mask.shape)}")
-        SparseLinear.__init__(self, mask, rng, init=init, fan=fan, bias=bias, dtype=dtype, name=name)
+        SparseLinear.__init__(self, mask, rng, init=init, fan=fan, bias=bias, dtype=dtype, name=name,
+                              allow_empty=allow_empty)
         self._init_conv(in_channels, out_channels, (kh, kw), stride, padding, input_shape)
 
     def _reset_buffers(self):
@@ -304,7 +310,7 @@ class MaxPool2d(Layer):
         self._reset_buffers()
 
     def _reset_buffers(self):
-        self._x_shape = None
+        self._x_shape = self._out = None
 
     def forward(self, x):
         """x: (C, H, W, batch) -> y[c, oh, ow, b] = max over the window: (C, H_out, W_out, batch)."""
@@ -327,10 +333,12 @@ class MaxPool2d(Layer):
 
     def backward(self, dy, need_dx: bool = True):
         """y = x[argmax of the window]  =>  dx[argmax] += dy (each window's gradient goes to the
-        pixel that won it; a pixel that wins several overlapping windows sums their gradients)."""
+        pixel that won it; a pixel that wins several overlapping windows sums their gradients).
+        dy: (C, H_out, W_out, batch), the shape of the last forward's y."""
+        _check_grad(dy, self._out, self.name, self.ops)
         if not need_dx:
             return None
-        self.ops.maxpool_backward(self.ops.asarray(dy), self._argmax, self._dx)
+        self.ops.maxpool_backward(dy, self._argmax, self._dx)
         return self._dx
 
     def __repr__(self):
@@ -383,12 +391,14 @@ class LocalResponseNorm(Layer):
 
     def backward(self, dy, need_dx: bool = True):
         """y[c] = x[c] d[c]^(-beta)  =>
-        dx[j] = dy[j] d[j]^(-beta) - 2 alpha beta x[j] sum_{|c - j| <= r} dy[c] y[c] / d[c]."""
+        dx[j] = dy[j] d[j]^(-beta) - 2 alpha beta x[j] sum_{|c - j| <= r} dy[c] y[c] / d[c].
+        dy: the shape of the last forward's y."""
+        _check_grad(dy, self._out, self.name, self.ops)
         if not need_dx:
             return None
         C = self._x.shape[0]
         v = lambda a: a.reshape(C, -1)  # noqa: E731 - (C, H*W*batch) views for the kernel
-        self.ops.lrn_backward(v(self._x), v(self._out), v(self._d), v(self._dpow), v(self.ops.asarray(dy)),
+        self.ops.lrn_backward(v(self._x), v(self._out), v(self._d), v(self._dpow), v(dy),
                      self.depth_radius, self.alpha, self.beta, v(self._t), v(self._dx))
         return self._dx
 
@@ -406,15 +416,21 @@ class Flatten(Layer):
 
     def __init__(self, name: str = "flatten"):
         self.name = name
-        self._shape = None
+        self._reset_buffers()
+
+    def _reset_buffers(self):
+        self._shape = self._out = None
 
     def forward(self, x):
         x = _channels_first(x, self.name, self.ops)
         self._shape = x.shape
-        return x.reshape(-1, x.shape[x.ndim - 1])  # (not shape[-1]: the CUDA simulator's arrays lack it)
+        # kept (a view, no copy) so that backward can check dy against it
+        self._out = x.reshape(-1, x.shape[x.ndim - 1])  # (not shape[-1]: the CUDA simulator's arrays lack it)
+        return self._out
 
     def backward(self, dy, need_dx: bool = True):
-        """y = reshape(x)  =>  dx = reshape(dy) back to (C, H, W, batch)."""
+        """y = reshape(x)  =>  dx = reshape(dy) back to (C, H, W, batch). dy: (C*H*W, batch)."""
+        _check_grad(dy, self._out, self.name, self.ops)
         return dy.reshape(self._shape) if need_dx else None
 
     def __repr__(self):

@@ -6,6 +6,10 @@ step to step: the array a ``forward`` returns is overwritten by the next ``forwa
 layer, so copy it if you need to keep it.
 
 Gradients are *overwritten* by each ``backward`` (not accumulated): one backward per step.
+Each ``backward(dy)`` checks dy against the output of the layer's last forward (same shape,
+so the same batch; same dtype; C-contiguous; on the layer's device) and refuses to run before
+a forward: the kernels size their loops from the forward's buffers, so a dy of another shape
+would be read out of bounds rather than rejected.
 
 Devices. A layer does its arithmetic through ``self.ops``, the backend of the device its
 parameters live on: :mod:`sparsenn.backend_cpu` (NumPy and Numba kernels) by default, or
@@ -17,6 +21,7 @@ written once and reads the same on either device.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from sparsenn import backend_cpu
 from sparsenn import init as initializers
@@ -46,11 +51,12 @@ class Parameter:
         return f"Parameter({self.name}, shape={self.value.shape}, dtype={self.value.dtype})"
 
 
-def _check_array(x, ops, who: str):
-    """The input must live where the layer's parameters live."""
+def _check_array(x, ops, who: str, what: str = "input"):
+    """``x`` (the layer's input, or the ``dy`` of a backward) must live where the layer's
+    parameters live."""
     if not ops.is_array(x):
         kind = "a numpy.ndarray" if ops.name == "cpu" else "a CUDA device array"
-        raise TypeError(f"{who}: the layer is on device {ops.name!r}, so its input must be {kind}, "
+        raise TypeError(f"{who}: the layer is on device {ops.name!r}, so its {what} must be {kind}, "
                         f"got {type(x).__name__} (move the model and its data together: model.to(device))")
 
 
@@ -72,6 +78,79 @@ def _check_input(x, n_in: int, dtype, who: str, ops=backend_cpu):
         raise TypeError(f"{who}: input dtype must be {np.dtype(dtype).name}, got {x.dtype}")
     if not _contiguous(x):
         raise ValueError(f"{who}: input must be C-contiguous (use np.ascontiguousarray)")
+
+
+def _check_grad(dy, out, who: str, ops=backend_cpu):
+    """Validate the ``dy`` a backward receives against ``out``, the output of the forward it
+    inverts (the layer's output buffer; None when no forward has run).
+
+    dy = d loss / d out must match that output exactly: same shape (so the same batch), same
+    dtype, C-contiguous, on the layer's device. The kernels take their loop bounds from the
+    forward's buffers, so a dy of another batch size would be read past its end, or only in
+    part, without an error. Shape, dtype and flag comparisons only: this runs at every step.
+    """
+    if out is None:
+        raise RuntimeError(f"{who}: backward called before forward (there is no forward output "
+                           f"to take the gradient of)")
+    _check_array(dy, ops, who, what="dy")
+    want, got = tuple(out.shape), tuple(dy.shape)
+    if got != want:
+        raise ValueError(f"{who}: dy has shape {got}, expected {want}, the shape of the last forward's "
+                         f"output (batch {want[-1]}); dy is d loss / d output")
+    if dy.dtype != out.dtype:
+        raise TypeError(f"{who}: dy dtype must be {np.dtype(out.dtype).name}, the forward output's, got {dy.dtype}")
+    if not _contiguous(dy):
+        raise ValueError(f"{who}: dy must be C-contiguous (use np.ascontiguousarray)")
+
+
+def as_mask(mask, name: str = "mask") -> sp.csr_matrix:
+    """Check that ``mask`` is a connection mask ``(n_out, n_in)`` and return it as a canonical
+    boolean ``scipy.sparse.csr_matrix`` (sorted, no duplicates, no stored False).
+
+    The one check of a mask given to a layer or a model builder (SparseLinear, SparseConv2d
+    and the builders of ``sparsenn.models`` all call it). Accepted:
+
+    - a dense array of bool, or of integers that are all 0 or 1 (1 = connection);
+    - a scipy.sparse matrix of bool or of 0/1 integers (the values decide, as for dense);
+    - a scipy.sparse matrix of floats read as a *pattern*: every stored entry is a
+      connection, so every stored value must be nonzero and not NaN (a stored 0 would be
+      ambiguous: a connection with weight 0, or none?).
+
+    Refused: dense floats, even 0.0/1.0 (TypeError; ``rng.random((30, 50))`` must not become
+    a full layer without a word: pass ``m != 0`` or ``m.astype(bool)`` if you meant the
+    nonzeros), other dtypes (object, complex, strings), integers other than 0/1, and
+    anything but 2-D (ValueError). Cost O(n_out * n_in) for a dense mask, O(nnz) for a sparse
+    one; it runs once, when a layer is built.
+    """
+    sparse = sp.issparse(mask)
+    if sparse:
+        m = sp.csr_matrix(mask, copy=True)  # a copy: the calls below change m in place
+        m.sum_duplicates()
+        values, what = m.data, f"a scipy.sparse matrix of dtype {m.dtype}"
+    else:
+        m = np.asarray(mask)
+        values, what = m, f"an array of dtype {m.dtype}"
+    kind = m.dtype.kind
+    if kind not in ("biuf" if sparse else "biu"):
+        hint = ("; if you meant its nonzeros as the pattern, pass `m != 0` (or `m.astype(bool)`)"
+                if kind == "f" else "")
+        raise TypeError(f"{name}: mask must be boolean (or 0/1 integers, or a scipy.sparse pattern), "
+                        f"got {what}, shape {m.shape}{hint}")
+    if m.ndim != 2 or min(m.shape) < 1:
+        raise ValueError(f"{name}: mask must be 2-D (n_out, n_in) with n_out, n_in >= 1, got shape {m.shape}")
+    if kind in "iu" and values.size and (values.min() < 0 or values.max() > 1):
+        raise ValueError(f"{name}: an integer mask must hold only 0 and 1, got {what} with values in "
+                         f"[{values.min()}, {values.max()}]; pass `m != 0` if you meant its nonzeros")
+    if kind == "f":  # a sparse float pattern: the stored positions are the connections
+        bad = int(np.count_nonzero(values == 0)), int(np.count_nonzero(np.isnan(values)))
+        if any(bad):
+            raise ValueError(f"{name}: {what} is read as a pattern (its stored entries are the connections), "
+                             f"so its stored values must be nonzero and not NaN; it stores {bad[0]} zeros and "
+                             f"{bad[1]} NaNs (m.eliminate_zeros() drops stored zeros)")
+    m = sp.csr_matrix(m, dtype=bool)
+    m.eliminate_zeros()  # stored False / 0: no connection
+    m.sort_indices()
+    return m
 
 
 class Layer:
@@ -145,9 +224,11 @@ class Linear(Layer):
     def backward(self, dy, need_dx: bool = True):
         """y = W x + b  =>  dW = dy x^T,  db = sum_batch dy,  dx = W^T dy.
 
-        dy: (n_out, batch) -> dx: (n_in, batch), or None when ``need_dx`` is False.
+        dy: (n_out, batch), the batch of the last forward -> dx: (n_in, batch), or None when
+        ``need_dx`` is False.
         """
         ops, x = self.ops, self._x
+        _check_grad(dy, self._out, self.name, ops)
         ops.matmul(dy, x, self.weight.grad, tb=True)  # dW = dy x^T
         if self.bias is not None:
             ops.sum_batch(dy, self.bias.grad)
@@ -165,16 +246,26 @@ class Linear(Layer):
 class SparseLinear(Layer):
     """Sparse fully connected layer ``y = W x + b`` with ``W`` stored in CSR on a fixed pattern.
 
-    mask: boolean ``(n_out, n_in)`` (dense array or scipy.sparse): where connections exist.
+    mask: boolean ``(n_out, n_in)`` (dense array or scipy.sparse): where connections exist;
+    0/1 integers and scipy.sparse patterns are accepted too, floats are not (see :func:`as_mask`).
     Only those connections have weights, gradients, optimiser state and weight decay.
     ``fan="actual"`` initialises each weight by its neuron's real fan-in (see ``sparsenn.init``).
+
+    A mask with no connections at all is refused (ValueError): such a layer passes on only its
+    bias, so the network would train at chance without a word. Pass ``allow_empty=True`` if
+    that is what you want. Outputs without inputs, or inputs feeding nothing, are allowed
+    (pruning and random topologies make them); ``sparsenn.models.layer_table`` counts them.
     """
 
     def __init__(self, mask, rng, init: str = "kaiming_normal", fan: str = "actual",
-                 bias: bool = True, dtype=np.float32, name: str = "sparse_linear"):
+                 bias: bool = True, dtype=np.float32, name: str = "sparse_linear", allow_empty: bool = False):
         self.name = name
         self.dtype = np.dtype(dtype)
-        self.pattern = CSRPattern.from_mask(mask, name=f"{name} mask")
+        self.pattern = CSRPattern.from_mask(as_mask(mask, name), name=f"{name} mask")
+        if self.pattern.nnz == 0 and not allow_empty:
+            n_out, n_in = self.pattern.shape
+            raise ValueError(f"{name}: the mask has no connections (0 of {n_out}x{n_in}); "
+                             f"pass allow_empty=True if this is intended")
         self.weight = Parameter(
             initializers.sparse_weights(init, self.pattern, rng, fan=fan, dtype=dtype), f"{name}.weight"
         )
@@ -212,10 +303,12 @@ class SparseLinear(Layer):
         """y = W x + b  =>  dx = W^T dy,  dW[k] = dy[row_k] . x[col_k] for stored k only,
         db = sum over the batch of dy.
 
-        dy: (n_out, batch) -> dx: (n_in, batch), or None when ``need_dx`` is False (the first
-        layer: nothing upstream needs it, and skipping it saves a third of the layer's work).
+        dy: (n_out, batch), the batch of the last forward -> dx: (n_in, batch), or None when
+        ``need_dx`` is False (the first layer: nothing upstream needs it, and skipping it saves
+        a third of the layer's work).
         """
         ops, p, x = self.ops, self.pattern, self._x
+        _check_grad(dy, self._out, self.name, ops)
         # in the forward pass y[r] += W[r, c] * x[c], so dW[r, c] = sum_b dy[r, b] * x[c, b]
         ops.sddmm(p, dy, x, self.weight.grad)
         if self.bias is not None:
@@ -290,7 +383,8 @@ class ReLU(Layer):
         return self._out
 
     def backward(self, dy, need_dx: bool = True):
-        """y = max(x, 0)  =>  dx = dy where y > 0, else 0."""
+        """y = max(x, 0)  =>  dx = dy where y > 0, else 0. dy: the shape of the last forward's y."""
+        _check_grad(dy, self._out, self.name, self.ops)
         if not need_dx:
             return None
         self.ops.relu_backward(self._out, dy, self._dx)
@@ -315,6 +409,9 @@ class Sequential(Layer):
         """Chain rule: each layer maps d(loss)/d(its output) to d(loss)/d(its input).
 
         The first layer with parameters gets ``need_dx=False`` (no one upstream needs dx).
+        dy: the shape of the last forward's output. Each layer checks the dy it is handed, so
+        a wrong dy is refused by the last layer, by name; the dx each layer hands down is, by
+        construction, the dy the layer below expects.
         """
         first = next((i for i, l in enumerate(self.layers) if l.parameters()), 0)
         for i in range(len(self.layers) - 1, -1, -1):

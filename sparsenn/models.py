@@ -12,6 +12,10 @@
     xnet          X-Net expanders with radix's mean in-degree, 784-300-100, dense logits
     masks=[...]   any list of (n_out, n_in) masks: 2 masks -> dense logits layer added,
                   3 masks -> every layer sparse (e.g. a pruned LeNet-300-100)
+
+Masks are checked by :func:`sparsenn.layers.as_mask` (boolean, 0/1 integers or a scipy.sparse
+pattern; never floats). A mask with no connections is refused unless ``allow_empty=True``
+(the layer would pass on only its bias and the model would train at chance).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsenn import topology
-from sparsenn.layers import Linear, ReLU, Sequential, SparseLinear
+from sparsenn.layers import Linear, ReLU, Sequential, SparseLinear, as_mask
 
 TOPOLOGIES = ("dense", "radix", "radix-wide", "random", "random-wide", "xnet")
 N_INPUTS, N_CLASSES = 784, 10
@@ -41,9 +45,11 @@ def lenet300_masks(topology_name: str, rng) -> list | None:
 
 
 def sequential_from_masks(masks, rng, n_inputs=None, n_classes=None, init="kaiming_normal",
-                          fan="actual", dtype=np.float32) -> Sequential:
-    """Sparse layers on ``masks`` with ReLUs between; a dense logits layer is added when the
-    last mask does not already end at ``n_classes`` outputs."""
+                          fan="actual", dtype=np.float32, allow_empty=False) -> Sequential:
+    """Sparse layers fc1, fc2, ... on ``masks`` with ReLUs between; a dense logits layer is
+    added when the last mask does not already end at ``n_classes`` outputs. ``allow_empty``:
+    accept masks with no connections (see :class:`~sparsenn.layers.SparseLinear`)."""
+    masks = [as_mask(m, f"fc{i + 1}") for i, m in enumerate(masks)]  # checked before their shapes are read
     shapes = [tuple(m.shape) for m in masks]
     if n_inputs is not None and shapes[0][1] != n_inputs:
         raise ValueError(f"first mask has {shapes[0][1]} inputs, the data has {n_inputs} features")
@@ -55,14 +61,15 @@ def sequential_from_masks(masks, rng, n_inputs=None, n_classes=None, init="kaimi
     for i, m in enumerate(masks):
         if i:
             layers.append(ReLU())
-        layers.append(SparseLinear(m, rng, init=init, fan=fan, dtype=dtype, name=f"fc{i + 1}"))
+        layers.append(SparseLinear(m, rng, init=init, fan=fan, dtype=dtype, name=f"fc{i + 1}",
+                                   allow_empty=allow_empty))
     if n_classes is not None and shapes[-1][0] != n_classes:
         layers += [ReLU(), Linear(shapes[-1][0], n_classes, rng, init=init, dtype=dtype, name=f"fc{len(masks) + 1}")]
     return Sequential(*layers)
 
 
 def lenet300(topology_name: str = "dense", rng=None, masks=None, init="kaiming_normal", fan="actual",
-             dtype=np.float32) -> Sequential:
+             dtype=np.float32, allow_empty=False) -> Sequential:
     """LeNet-300-100 (784 -> 300 -> 100 -> 10, ReLU) on a topology; see the module docstring."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -74,24 +81,48 @@ def lenet300(topology_name: str = "dense", rng=None, masks=None, init="kaiming_n
             Linear(300, 100, rng, init=init, dtype=dtype, name="fc2"), ReLU(),
             Linear(100, 10, rng, init=init, dtype=dtype, name="fc3"),
         )
-    return sequential_from_masks(masks, rng, N_INPUTS, N_CLASSES, init=init, fan=fan, dtype=dtype)
+    return sequential_from_masks(masks, rng, N_INPUTS, N_CLASSES, init=init, fan=fan, dtype=dtype,
+                                 allow_empty=allow_empty)
+
+
+def dead_neurons(layer) -> tuple:
+    """(outputs with no inputs, inputs feeding no output) of a weight layer's pattern.
+
+    Read from the row pointers of W and of its transpose: O(n_out + n_in), no dense matrix.
+    A dead output passes on only its bias; a dead input's activation is computed and thrown
+    away. Both are structural (by the mask), not units that ReLU happens to silence. For a
+    convolution, outputs are filters and inputs are the (channel, ky, kx) taps of the filter
+    bank. A dense layer has none.
+    """
+    if not isinstance(layer, SparseLinear):
+        return 0, 0
+    p = layer.pattern
+    return int(np.count_nonzero(np.diff(p.indptr) == 0)), int(np.count_nonzero(np.diff(p.t_indptr) == 0))
 
 
 def layer_table(model) -> str:
-    """Per weight layer: shape, nnz, density, and stored bytes (CSR or dense) vs dense bytes."""
-    rows = [f"{'layer':<6} {'shape (out, in)':>16} {'nnz':>10} {'density':>8} {'stored bytes':>13} {'dense bytes':>12}"]
-    tot_nnz = tot_stored = tot_dense = 0
+    """Per weight layer: shape, nnz, density, stored bytes (CSR or dense) vs dense bytes, and
+    the dead neurons of its pattern (:func:`dead_neurons`: outputs with no inputs / inputs
+    feeding nothing), which a model built from masks allows but which waste their layer."""
+    rows = [f"{'layer':<6} {'shape (out, in)':>16} {'nnz':>10} {'density':>8} {'stored bytes':>17} "
+            f"{'dense bytes':>12} {'dead out/in':>12}"]
+    tot_nnz = tot_stored = tot_dense = tot_dead_out = tot_dead_in = 0
     for layer in model.weight_layers():
         n_out, n_in = layer.shape
         dense_bytes = 4 * n_out * n_in
         stored = layer.pattern.nbytes() if isinstance(layer, SparseLinear) else dense_bytes
         kind = "csr" if isinstance(layer, SparseLinear) else "dense"
+        dead_out, dead_in = dead_neurons(layer)
         rows.append(f"{layer.name:<6} {f'({n_out}, {n_in})':>16} {layer.nnz:>10,} {layer.nnz / (n_out * n_in):>8.4f} "
-                    f"{stored:>9,} {kind:<3} {dense_bytes:>12,}")
+                    f"{stored:>11,} {kind:<5} {dense_bytes:>12,} {f'{dead_out}/{dead_in}':>12}")
         tot_nnz += layer.nnz
         tot_stored += stored
         tot_dense += dense_bytes
-    rows.append(f"{'total':<6} {'':>16} {tot_nnz:>10,} {'':>8} {tot_stored:>13,} {tot_dense:>12,}")
+        tot_dead_out += dead_out
+        tot_dead_in += dead_in
+    rows.append(f"{'total':<6} {'':>16} {tot_nnz:>10,} {'':>8} {tot_stored:>11,} {'':<5} {tot_dense:>12,} "
+                f"{f'{tot_dead_out}/{tot_dead_in}':>12}")
+    rows.append("dead out/in: outputs with no inputs / inputs feeding no output, by the mask")
     return "\n".join(rows)
 
 
@@ -165,16 +196,18 @@ def lenet5_masks(topology_name: str, spec: dict, rng, density: float = 0.1) -> l
 
 
 def _is_full(mask) -> bool:
-    n = mask.shape[0] * mask.shape[1]
-    return (mask.nnz if hasattr(mask, "nnz") else int(np.count_nonzero(mask))) == n
+    """mask: a boolean CSR matrix from as_mask."""
+    return mask.nnz == mask.shape[0] * mask.shape[1]
 
 
 def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None, variant: str = "tf",
-           density: float = 0.1, init: str = "kaiming_normal", fan: str = "actual", dtype=np.float32) -> Sequential:
+           density: float = 0.1, init: str = "kaiming_normal", fan: str = "actual", dtype=np.float32,
+           allow_empty: bool = False) -> Sequential:
     """LeNet-5 for ``dataset`` ("mnist", "fashion-mnist" or "cifar10" 24x24 crops) as a
     ``Sequential``; input (C*H*W, batch) flat or (C, H, W, batch), output (10, batch) logits.
     See the section comment above for the variants and topologies. ``masks``: four masks in
     the order conv1, conv2, fc1, fc2 (conv masks (C_out, C_in*k*k)); a full mask -> dense layer.
+    ``allow_empty``: accept masks with no connections (see :class:`~sparsenn.layers.SparseLinear`).
     """
     from sparsenn.conv import Conv2d, Flatten, LocalResponseNorm, MaxPool2d, SparseConv2d
 
@@ -187,6 +220,8 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
         masks = list(masks)
         if len(masks) != 4:
             raise ValueError(f"LeNet-5 needs 4 masks (conv1, conv2, fc1, fc2), got {len(masks)}")
+        # checked first: a float mask must not pass _is_full below and become a dense layer
+        masks = [as_mask(m, name) for name, m in zip(("conv1", "conv2", "fc1", "fc2"), masks)]
         for name, m, want in zip(("conv1", "conv2", "fc1", "fc2"), masks, spec["shapes"]):
             if tuple(m.shape) != tuple(want):
                 raise ValueError(f"mask for {name} has shape {tuple(m.shape)}, the {variant} LeNet-5 on {dataset} "
@@ -198,13 +233,14 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
     def conv(i, c, f, **kw):
         kw.update(padding=spec["conv_padding"], init=init, dtype=dtype, name=f"conv{i + 1}")
         if sparse[i]:
-            return SparseConv2d(c, f, k, masks[i], rng, fan=fan, **kw)
+            return SparseConv2d(c, f, k, masks[i], rng, fan=fan, allow_empty=allow_empty, **kw)
         return Conv2d(c, f, k, rng, **kw)
 
     def fc(i):
         n_out, n_in = spec["shapes"][i]
         if sparse[i]:
-            return SparseLinear(masks[i], rng, init=init, fan=fan, dtype=dtype, name=f"fc{i - 1}")
+            return SparseLinear(masks[i], rng, init=init, fan=fan, dtype=dtype, name=f"fc{i - 1}",
+                                allow_empty=allow_empty)
         return Linear(n_in, n_out, rng, init=init, dtype=dtype, name=f"fc{i - 1}")
 
     pool = lambda i: MaxPool2d(pk, ps, pp, name=f"pool{i}")  # noqa: E731

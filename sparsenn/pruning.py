@@ -291,8 +291,9 @@ def to_sparse(model, layer, optimizer=None, mask=None) -> SparseLinear:
         new = layer.to_sparse(mask)  # copies W[mask] and weight.decay, shares the bias
     else:
         # the constructor draws initial weights from this throwaway generator; they are overwritten
+        # allow_empty: a conversion represents whatever pruning left, even nothing
         new = SparseLinear(mask, np.random.default_rng(0), bias=layer.bias is not None, dtype=layer.dtype,
-                           name=layer.name)
+                           name=layer.name, allow_empty=True)
         new.weight.value[...] = w[mask]
         new.weight.decay = layer.weight.decay
         if layer.bias is not None:
