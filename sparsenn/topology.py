@@ -40,6 +40,14 @@ in-degree, every input used, after Prabhu et al.'s X-Nets), and :func:`random_eq
 (a random stack with the same per-layer densities as a given one). Every random choice takes an
 explicit ``numpy.random.Generator``.
 
+Size limits
+-----------
+Before allocating anything, every generator estimates the memory of what it is asked to build
+(bytes per connection and per neuron, plus the temporaries its algorithm creates; see
+:func:`_check_fits`) and raises :class:`TopologyTooLarge`, a ValueError, when that exceeds
+:func:`available_memory` or a layer exceeds sparsenn's int32 CSR indices. Builds that run
+longer than ``PROGRESS_DELAY_S`` seconds show a per-layer progress bar on stderr.
+
 Run ``python -m sparsenn.topology --help`` for the command line.
 """
 
@@ -48,11 +56,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from numbers import Integral
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 # Largest intermediate input->output path matrix (rows x inputs) that describe() will hold.
 # An int64 sparse product costs about 12 bytes per stored entry plus SciPy's temporaries, so
@@ -60,6 +71,16 @@ import scipy.sparse as sp
 # (2**20) fits, a 65536-neuron stack (2**32) does not and gets a note instead.
 MAX_PATH_ENTRIES = 2**24
 
+# Most work exact path counting may take, in word additions (see path_stats for the model).
+# 2**33 is about 10 s on one core: the 60000-layer RadiX-Net 2x6 repeated 10^4 times is counted,
+# the 600000-layer one (path counts of 600000 bits) is skipped with a note instead.
+MAX_PATH_WORK = 2**33
+
+# Builds and descriptions that run longer than this many seconds show a per-layer progress bar
+# on stderr (tqdm's `delay`); quicker ones print nothing.
+PROGRESS_DELAY_S = 1.0
+
+_INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
 _LIMB_BITS = 31  # multi-limb fallback base 2**31: deg * 2**31 + carry stays < 2**63 for deg < 2**31
 
@@ -89,8 +110,15 @@ def _check_int(value, name: str, low: int, high: int | None = None) -> int:
 
 
 def _as_mask(m, name: str) -> sp.csr_matrix:
-    """Any dense array or scipy.sparse matrix -> canonical boolean CSR (nonzero = connection)."""
+    """Any dense array or scipy.sparse matrix -> canonical boolean CSR (nonzero = connection).
+
+    A ``csr_matrix`` that already is one (as every generator here returns) comes back as is,
+    not copied: describing a stack must not double its memory.
+    """
     if sp.issparse(m):
+        if (isinstance(m, sp.csr_matrix) and m.dtype == bool and m.has_canonical_format
+                and m.data.all()):
+            return m
         m = sp.csr_matrix(m)
     else:
         arr = np.asarray(m)
@@ -120,8 +148,8 @@ def _check_stack(masks, what: str = "masks") -> list:
 
 def _csr(indptr, indices, shape) -> sp.csr_matrix:
     """Boolean CSR from canonical arrays, int32 indices as sparsenn.csr expects."""
-    if len(indices) > np.iinfo(np.int32).max or max(shape) > np.iinfo(np.int32).max:
-        raise ValueError(
+    if len(indices) > _INT32_MAX or max(shape) > _INT32_MAX:
+        raise TopologyTooLarge(
             f"a layer of shape {shape} with {len(indices)} connections does not fit "
             "sparsenn's int32 CSR indices (at most 2**31 - 1)"
         )
@@ -130,6 +158,151 @@ def _csr(indptr, indices, shape) -> sp.csr_matrix:
     m = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=shape)
     m.has_sorted_indices = True  # built sorted and unique; spares SciPy a re-check
     return m
+
+
+# --------------------------------------------------------------------------------------------
+# size limits: estimate the memory of a build and refuse it before allocating anything
+# --------------------------------------------------------------------------------------------
+
+# What a build costs, in bytes. Measured with tracemalloc (NumPy 2.4, SciPy 1.17) and rounded up.
+_MASK_BYTES_PER_NNZ = 5  # a finished mask keeps int32 indices + bool data per connection,
+_MASK_BYTES_PER_ROW = 4  # one int32 indptr entry per output neuron,
+_MASK_OVERHEAD = 2048  # and ~2 KB of Python/SciPy objects: it counts in 10^5-layer stacks.
+_DRAW_BYTES_PER_NNZ = 40  # random draws: int64 rows, values, keys and sort buffers per connection
+_XNET_BYTES_PER_NNZ = 80  # xnet: the same plus the deal's seeds and the final lexsort
+_DRAW_BYTES_PER_NEURON = 40  # int64 row counts, sizes, permutations, indptr
+_DENSE_BYTES_PER_ENTRY = 32  # rows over half full are drawn as complements (see _random_subsets)
+
+
+class TopologyTooLarge(ValueError):
+    """A requested topology does not fit sparsenn's int32 CSR indices or the available memory."""
+
+
+class _LayerCost(NamedTuple):
+    """What building one ``(n_out, n_in)`` mask with ``nnz`` connections costs, in bytes:
+    ``kept`` stays allocated in the finished mask, ``extra`` is freed once the mask is built."""
+
+    n_out: int
+    n_in: int
+    nnz: int
+    kept: int
+    extra: int
+
+
+def available_memory() -> int | None:
+    """Bytes that new allocations can use now, or None when the system does not say.
+
+    Linux: ``MemAvailable`` from /proc/meminfo (free memory plus reclaimable caches); elsewhere
+    the free physical pages from ``os.sysconf``. A cgroup memory limit (a container), when set,
+    caps the result, since the kernel kills the process at that limit before NumPy can raise
+    MemoryError. Tests monkeypatch this function to pretend the machine is small.
+    """
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            pass
+    for limit_file, usage_file in (  # cgroup v2, then v1; "max" or a huge number: no limit
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+         "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file) as f, open(usage_file) as g:
+                room = int(f.read()) - int(g.read())
+        except (OSError, ValueError):
+            continue
+        avail = room if avail is None else min(avail, room)
+        break
+    return avail
+
+
+def _fmt_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'; binary units up to PiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def _mask_bytes(n_out: int, nnz: int) -> int:
+    """Bytes a finished boolean CSR mask keeps: ``5 nnz + 4 (n_out + 1) + 2 KiB``."""
+    return _MASK_BYTES_PER_NNZ * nnz + _MASK_BYTES_PER_ROW * (n_out + 1) + _MASK_OVERHEAD
+
+
+def _radix_cost(n_prime: int, radix: int, b_in: int, b_out: int) -> _LayerCost:
+    """Cost of :func:`_radix_layer`: besides the mask it holds ``base`` (N' x radix, int64), the
+    Kronecker block ``block_rows`` (N' x b_in x radix) in int64 and in int32, and an int64 indptr:
+    ``extra = 8 N' (1 + radix) + 12 N' b_in radix + 8 (n_out + 1)``."""
+    n_out, n_in = b_out * n_prime, b_in * n_prime
+    nnz = n_out * b_in * radix
+    extra = 8 * n_prime * (1 + radix) + 12 * n_prime * b_in * radix + 8 * (n_out + 1)
+    return _LayerCost(n_out, n_in, nnz, _mask_bytes(n_out, nnz), extra)
+
+
+def _drawn_cost(n_out: int, n_in: int, nnz: int, dense_rows: bool, per_nnz: int) -> _LayerCost:
+    """Cost of a mask drawn row by row with :func:`_random_subsets`:
+    ``extra = per_nnz * nnz + 40 (n_out + n_in) [+ 32 n_out n_in when dense_rows]``.
+
+    ``per_nnz`` is 40 bytes for Bernoulli and fixed fan-in draws, 80 for :func:`xnet`. Rows that
+    take more than half of their inputs (``dense_rows``) draw the inputs they leave out and lay
+    out all ``n_in`` candidates, 32 bytes each, to strike those.
+    """
+    extra = per_nnz * nnz + _DRAW_BYTES_PER_NEURON * (n_out + n_in)
+    if dense_rows:
+        extra += _DENSE_BYTES_PER_ENTRY * n_out * n_in
+    return _LayerCost(n_out, n_in, nnz, _mask_bytes(n_out, nnz), extra)
+
+
+def _bernoulli_cost(n_out: int, n_in: int, density: float) -> _LayerCost:
+    """:func:`_drawn_cost` of :func:`random_sparse` at its expected nnz. Binomial row counts
+    straddle ``n_in / 2`` well below density 1/2, so from density 0.4 up all rows count as dense."""
+    nnz = math.ceil(density * n_out * n_in)
+    return _drawn_cost(n_out, n_in, nnz, density > 0.4, _DRAW_BYTES_PER_NNZ)
+
+
+def _check_fits(what: str, costs: list, smaller: str) -> None:
+    """Refuse a build that int32 CSR indices or the available memory cannot hold, before it starts.
+
+    ``costs``: one :class:`_LayerCost` per mask to build. The estimate assumes every finished
+    mask stays alive while the most demanding one is drawn:
+    ``need = sum(kept) + max(extra)`` bytes, compared with :func:`available_memory`.
+    Raises :class:`TopologyTooLarge` (a ValueError) naming the estimate, the memory available,
+    and ``smaller``: how to ask for less.
+    """
+    need = sum(c.kept for c in costs) + max(c.extra for c in costs)
+    avail = available_memory()
+    memory = (f"about {_fmt_bytes(need)} of memory ("
+              + ("unknown" if avail is None else _fmt_bytes(avail)) + " available)")
+    for i, c in enumerate(costs):
+        if max(c.n_out, c.n_in, c.nnz) > _INT32_MAX:
+            raise TopologyTooLarge(
+                f"{what}: layer {i} would be {c.n_out:,} x {c.n_in:,} with {c.nnz:,} connections, "
+                f"more than sparsenn's int32 CSR indices allow (2**31 - 1); building it would "
+                f"need {memory}; {smaller}"
+            )
+    if avail is not None and need > avail:
+        nnz = sum(c.nnz for c in costs)
+        layers = "1 layer" if len(costs) == 1 else f"{len(costs):,} layers"
+        raise TopologyTooLarge(
+            f"{what}: {layers} with {nnz:,} connections would need {memory}; {smaller}"
+        )
+
+
+def _progress(desc: str, enabled: bool, items=None, total: int | None = None):
+    """A per-layer progress bar on stderr that appears only after ``PROGRESS_DELAY_S`` seconds:
+    iterate over it (``items``), or call ``.update()`` once per layer (``total``)."""
+    return tqdm(items, total=total, desc=desc, unit="layer", file=sys.stderr,
+                delay=PROGRESS_DELAY_S, disable=not enabled, mininterval=0.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +362,7 @@ def _radix_layer(n_prime: int, radix: int, place: int, b_in: int, b_out: int) ->
     return _csr(indptr, indices, (b_out * n_prime, b_in * n_prime))
 
 
-def radix_net(radix_lists, B=None) -> list:
+def radix_net(radix_lists, B=None, *, progress: bool = True) -> list:
     """A RadiX-Net as a list of boolean ``(n_out, n_in)`` CSR masks.
 
     ``radix_lists``: an extended mixed radix, a list of ``M >= 1`` lists of integers >= 1
@@ -208,6 +381,12 @@ def radix_net(radix_lists, B=None) -> list:
     ``B[i+1] * N_i``; density ``N_i / N'``; every input reaches every output by the same number
     of paths, ``B[1] * ... * B[L-1]`` times 1 (``M = 1``) or ``N'^(M-2) * p`` (``M >= 2``).
     Cost: O(total nnz) time and memory.
+
+    Too large: before building anything, raises :class:`TopologyTooLarge` (a ValueError) when a
+    layer exceeds int32 CSR indices or the estimated memory, ``sum over layers of
+    (5 nnz + 4 n_out + 2 KiB)`` kept plus the biggest layer's temporaries ``8 N' (1 + N_i) +
+    12 N' B[i] N_i + 8 n_out`` (see :func:`_radix_cost`), exceeds :func:`available_memory`.
+    ``progress``: show a per-layer bar on stderr when the build takes over ``PROGRESS_DELAY_S``.
     """
     lists = _check_radix_lists(radix_lists)
     n_prime = math.prod(lists[0])
@@ -222,23 +401,20 @@ def radix_net(radix_lists, B=None) -> list:
             f"radices in total), got {len(B)}"
         )
     B = [_check_int(b, f"B[{i}]", 1) for i, b in enumerate(B)]
-    int32_max = np.iinfo(np.int32).max
     radices_flat = [r for radices in lists for r in radices]
-    for i, radix in enumerate(radices_flat):  # check every layer before allocating any
-        n_out, n_in, nnz = B[i + 1] * n_prime, B[i] * n_prime, B[i + 1] * n_prime * B[i] * radix
-        if max(n_out, n_in, nnz) > int32_max:
-            raise ValueError(
-                f"layer {i} would be {n_out} x {n_in} with {nnz} connections: more than "
-                f"sparsenn's int32 CSR indices allow (2**31 - 1); use smaller B or radices"
-            )
+    costs = [_radix_cost(n_prime, radix, B[i], B[i + 1]) for i, radix in enumerate(radices_flat)]
+    _check_fits(f"RadiX-Net with N' = {n_prime:,}", costs,
+                "use fewer or smaller radices, fewer radix lists, or a smaller B")
     masks = []
     i = 0
-    for radices in lists:
-        place = 1  # place values restart at 1 in every list
-        for radix in radices:
-            masks.append(_radix_layer(n_prime, radix, place, B[i], B[i + 1]))
-            place *= radix
-            i += 1
+    with _progress("radix_net", progress, total=n_layers) as bar:
+        for radices in lists:
+            place = 1  # place values restart at 1 in every list
+            for radix in radices:
+                masks.append(_radix_layer(n_prime, radix, place, B[i], B[i + 1]))
+                place *= radix
+                i += 1
+                bar.update()
     return masks
 
 
@@ -253,6 +429,8 @@ def trim(masks, widths) -> list:
     removes paths unevenly, so path counts stop being equal. (Trimming only the input and
     output layers deletes whole columns/rows of the path matrix, so the surviving pairs keep
     their equal counts.) :func:`describe` shows both: min != max degrees, and path min != max.
+    Raises :class:`TopologyTooLarge` when the trimmed masks, ``5 nnz + 4 n_out + 2 KiB`` bytes
+    each (nnz of the untrimmed layer, an upper bound), exceed :func:`available_memory`.
     """
     masks = _check_stack(masks)
     sizes = [masks[0].shape[1]] + [m.shape[0] for m in masks]
@@ -264,6 +442,10 @@ def trim(masks, widths) -> list:
             f"stack), got {len(widths)}"
         )
     widths = [_check_int(w, f"widths[{k}]", 1, sizes[k]) for k, w in enumerate(widths)]
+    # A trimmed layer keeps at most the connections it had; SciPy slices straight into new arrays.
+    costs = [_LayerCost(widths[i + 1], widths[i], m.nnz, _mask_bytes(widths[i + 1], m.nnz), 0)
+             for i, m in enumerate(masks)]
+    _check_fits("trimmed stack", costs, "trim to smaller widths or trim a smaller stack")
     return [sp.csr_matrix(m[: widths[i + 1], : widths[i]]) for i, m in enumerate(masks)]
 
 
@@ -393,11 +575,19 @@ def random_sparse(n_out: int, n_in: int, density: float, rng) -> sp.csr_matrix:
     Drawn as row counts ``~ Binomial(n_in, density)`` and then a uniform subset of that size per
     row, which is the same distribution without touching all ``n_out * n_in`` entries.
     Cost O(nnz + n_out) memory, O(nnz log nnz) time.
+
+    Too large: raises :class:`TopologyTooLarge` before drawing when the expected nnz
+    ``density * n_out * n_in`` exceeds int32 CSR indices, or when the estimated memory
+    ``45 nnz + 44 n_out + 40 n_in`` bytes (plus ``32 n_out n_in`` from density 0.4 up, where
+    rows over half full are drawn as complements; see :func:`_drawn_cost`) exceeds
+    :func:`available_memory`.
     """
     _check_rng(rng)
     n_out = _check_int(n_out, "n_out", 1)
     n_in = _check_int(n_in, "n_in", 1)
     density = _check_density(density)
+    _check_fits(f"random_sparse {n_out:,} x {n_in:,} at density {density:g}",
+                [_bernoulli_cost(n_out, n_in, density)], "use a lower density or fewer neurons")
     counts = rng.binomial(n_in, density, size=n_out)
     return _random_rows(n_out, n_in, counts, rng)
 
@@ -414,11 +604,20 @@ def xnet(n_out: int, n_in: int, in_degree: int, rng) -> sp.csr_matrix:
     every input feeds at least one output, and otherwise no input feeds two. (The result is not
     exactly uniform over all such graphs: the deal spreads out-degrees more evenly.)
     Cost O(n_out * in_degree + n_in) memory.
+
+    Too large: raises :class:`TopologyTooLarge` before drawing when ``nnz = n_out * in_degree``
+    exceeds int32 CSR indices, or when the estimated memory ``85 nnz + 44 n_out + 40 n_in``
+    bytes (plus ``32 n_out n_in`` when ``2 in_degree > n_in``; see :func:`_drawn_cost`)
+    exceeds :func:`available_memory`.
     """
     _check_rng(rng)
     n_out = _check_int(n_out, "n_out", 1)
     n_in = _check_int(n_in, "n_in", 1)
     in_degree = _check_int(in_degree, "in_degree", 1, n_in)
+    _check_fits(f"xnet {n_out:,} x {n_in:,} with in-degree {in_degree:,}",
+                [_drawn_cost(n_out, n_in, n_out * in_degree, 2 * in_degree > n_in,
+                             _XNET_BYTES_PER_NNZ)],
+                "use a lower in-degree or fewer neurons")
 
     # The deal: slot t takes input in_order[t] to output out_order[t % n_out].
     n_dealt = min(n_in, n_out * in_degree)
@@ -444,7 +643,7 @@ def xnet(n_out: int, n_in: int, in_degree: int, rng) -> sp.csr_matrix:
     return _rows_to_csr(all_rows[order], all_cols[order], (n_out, n_in))
 
 
-def random_equivalent(masks, rng, fixed_fan_in: bool = False) -> list:
+def random_equivalent(masks, rng, fixed_fan_in: bool = False, *, progress: bool = True) -> list:
     """The random equivalent of a stack: same shapes, each layer at that layer's density.
 
     ``fixed_fan_in=False``: each layer Bernoulli at its density ``nnz / (n_out * n_in)`` (see
@@ -452,15 +651,28 @@ def random_equivalent(masks, rng, fixed_fan_in: bool = False) -> list:
     ``round(density * n_in)`` inputs (Python's ``round``: the mean in-degree, ties to even),
     chosen uniformly without replacement; the layer's nnz is then exact whenever the mean
     in-degree is an integer, as in untrimmed RadiX-Nets.
+
+    Too large: the whole stack is checked before the first draw, with the estimates of
+    :func:`random_sparse` (or, for fixed fan-in, of ``n_out * k`` drawn connections), and
+    refused with :class:`TopologyTooLarge` when it exceeds :func:`available_memory`.
+    ``progress``: show a per-layer bar on stderr when the build takes over ``PROGRESS_DELAY_S``.
     """
     _check_rng(rng)
     masks = _check_stack(masks)
+    densities = [m.nnz / (m.shape[0] * m.shape[1]) if m.shape[0] * m.shape[1] else 0.0
+                 for m in masks]
+    fan_ins = [min(round(d * m.shape[1]), m.shape[1]) for d, m in zip(densities, masks)]
+    if fixed_fan_in:
+        costs = [_drawn_cost(m.shape[0], m.shape[1], m.shape[0] * k, 2 * k > m.shape[1],
+                             _DRAW_BYTES_PER_NNZ) for m, k in zip(masks, fan_ins)]
+    else:
+        costs = [_bernoulli_cost(*m.shape, d) for m, d in zip(masks, densities)]
+    _check_fits("random equivalent", costs, "use a smaller or sparser stack")
     out = []
-    for m in masks:
+    layers = zip(masks, densities, fan_ins)
+    for m, density, k in _progress("random_equivalent", progress, layers, total=len(masks)):
         n_out, n_in = m.shape
-        density = m.nnz / (n_out * n_in) if n_out * n_in else 0.0
         if fixed_fan_in:
-            k = min(round(density * n_in), n_in)
             out.append(_random_rows(n_out, n_in, np.full(n_out, k, dtype=np.int64), rng))
         else:
             out.append(random_sparse(n_out, n_in, density, rng))
@@ -538,7 +750,8 @@ def _rank_one(p: sp.csr_matrix):
     return None
 
 
-def path_stats(masks, max_entries: int = MAX_PATH_ENTRIES) -> dict:
+def path_stats(masks, max_entries: int = MAX_PATH_ENTRIES,
+               max_work: float = MAX_PATH_WORK) -> dict:
     """Exact statistics of the number of paths from each input to each output of a stack.
 
     ``masks``: chained ``(n_out, n_in)`` masks; the path-count matrix is
@@ -556,24 +769,50 @@ def path_stats(masks, max_entries: int = MAX_PATH_ENTRIES) -> dict:
     product. Limit: path statistics are skipped, with a note, when an intermediate ``P_k`` has
     more than ``max_entries`` entries (``n_k * n_0``) or the limbs would exceed
     ``2 * max_entries`` int64 words; a 65536-neuron stack (``2**32`` entries) is skipped.
+
+    Deep stacks: path counts grow by up to a factor ``d_k`` (layer ``k``'s largest in-degree)
+    per layer, so they carry up to ``bits_k = sum_{j<=k} log2 d_j`` bits. Even the cheapest
+    exact method adds, per layer, ``nnz_k`` numbers of that size, and each layer costs Python
+    overhead worth about ``2**15`` word additions, so the work is at least
+    ``work = sum_k (2**15 + nnz_k * (1 + bits_k / 64))`` word additions; when that exceeds
+    ``max_work`` the statistics are skipped with a note (a 600000-layer RadiX-Net, with
+    600000-bit path counts, would take hours).
     """
-    return _path_stats(_check_stack(masks), max_entries)
+    return _path_stats(_check_stack(masks), max_entries, max_work)
 
 
-def _path_stats(masks: list, max_entries: int) -> dict:
+def _path_work(masks: list) -> tuple:
+    """``(work, bits)``: the lower bound on exact path counting work in :func:`path_stats`'s
+    docstring, and the bound ``bits_L`` on the bits of the final path counts."""
+    work, bits = 0.0, 0.0
+    for m in masks:
+        bits += math.log2(max(int(np.diff(m.indptr).max(initial=0)), 1))
+        work += 2**15 + m.nnz * (1 + bits / 64)
+    return work, bits
+
+
+def _skipped(note: str) -> dict:
+    return dict(min=None, max=None, all_reachable=None, all_equal=None, method="skipped",
+                note=f"path counts not computed: {note}")
+
+
+def _path_stats(masks: list, max_entries: int, max_work: float = MAX_PATH_WORK,
+                progress: bool = False) -> dict:
     """:func:`path_stats` on masks already checked by :func:`_check_stack`."""
     n_in = masks[0].shape[1]
     biggest = max(m.shape[0] for m in masks) * n_in
     if biggest > max_entries:
-        return dict(
-            min=None, max=None, all_reachable=None, all_equal=None, method="skipped",
-            note=(f"path counts not computed: an intermediate path matrix would have "
-                  f"{biggest:,} entries > max_entries = {max_entries:,}"),
-        )
+        return _skipped(f"an intermediate path matrix would have {biggest:,} entries > "
+                        f"max_entries = {max_entries:,}")
+    work, bits = _path_work(masks)
+    if work > max_work:
+        return _skipped(f"{len(masks):,} layers with path counts of up to ~{bits:,.0f} bits "
+                        f"would take at least {work:.2g} word additions > max_work = "
+                        f"{max_work:.2g}")
     ints = [m.astype(np.int64) for m in masks]
     p, uv, limbs = ints[0], None, None
     method = "int64 sparse products"
-    for m in ints[1:]:
+    for m in _progress("path counts", progress, ints[1:]):
         max_deg = int(np.diff(m.indptr).max(initial=0))
         if uv is None and limbs is None:
             uv = _rank_one(p)
@@ -596,12 +835,9 @@ def _path_stats(masks: list, max_entries: int) -> dict:
             method = "int64 sparse products, then exact base-2**31 limbs"
             limbs = _limbs_matmul(m, limbs)
         if limbs is not None and len(limbs) * limbs[0].size > 2 * max_entries:
-            return dict(
-                min=None, max=None, all_reachable=None, all_equal=None, method="skipped",
-                note=(f"path counts not computed: they exceed int64 without rank-1 structure "
-                      f"and the exact limbs would need more than 2 * max_entries = "
-                      f"{2 * max_entries:,} int64 words"),
-            )
+            return _skipped(f"they exceed int64 without rank-1 structure and the exact limbs "
+                            f"would need more than 2 * max_entries = {2 * max_entries:,} "
+                            f"int64 words")
 
     if uv is not None:
         u, v = uv  # entries >= 0, so the extremes of u_o * v_i are products of extremes
@@ -624,17 +860,20 @@ def _min_max(a: np.ndarray) -> tuple:
     return (int(a.min()), int(a.max())) if a.size else (0, 0)
 
 
-def describe(masks, max_entries: int = MAX_PATH_ENTRIES) -> dict:
+def describe(masks, max_entries: int = MAX_PATH_ENTRIES, max_work: float = MAX_PATH_WORK, *,
+             progress: bool = True) -> dict:
     """Per-layer degree statistics and whole-stack path statistics of a chained stack of masks.
 
     Returns ``{"widths": [n_0, ..., n_L], "layers": [...], "nnz": total, "paths": {...}}``.
     Each layer entry: ``shape`` (n_out, n_in), ``nnz``, ``density``, ``in_degree`` (min, max)
     over output neurons (row nnz), ``out_degree`` (min, max) over input neurons (column nnz).
     ``paths``: see :func:`path_stats`. All counts are Python ints. Cost O(nnz) plus path counting.
+    ``progress``: per-layer bars on stderr when degrees or path counts take over
+    ``PROGRESS_DELAY_S`` seconds (10^5-layer stacks).
     """
     masks = _check_stack(masks)
     layers = []
-    for m in masks:
+    for m in _progress("degrees", progress, masks):
         n_out, n_in = m.shape
         row_nnz = np.diff(m.indptr)
         col_nnz = np.bincount(m.indices, minlength=n_in)
@@ -649,7 +888,7 @@ def describe(masks, max_entries: int = MAX_PATH_ENTRIES) -> dict:
         widths=[masks[0].shape[1]] + [m.shape[0] for m in masks],
         layers=layers,
         nnz=sum(layer["nnz"] for layer in layers),
-        paths=_path_stats(masks, max_entries),
+        paths=_path_stats(masks, max_entries, max_work, progress),
     )
 
 
@@ -728,26 +967,62 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2, no usage dump."""
 
     def error(self, message):
+        # Our type functions name their option ("--seed must be ..."), so drop argparse's
+        # "argument --seed: " prefix rather than say the name twice.
+        message = re.sub(r"^argument (\S+): (?=\1 )", "", message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_list(text: str, what: str) -> list:
-    """'8,3,1' -> [8, 3, 1]; an item 'VxK' repeats V K times ('16x121')."""
+# Options whose value is a comma-separated list. argparse takes a value such as "-2,2" for an
+# option (only plain negative numbers like "-2" count as values), so main() glues such a value
+# to its option, "--radices=-2,2", and the list's own check can say what is wrong with it.
+_LIST_OPTIONS = ("--radices", "--widths", "--B", "--trim")
+
+
+def _glue_negative_lists(argv: list) -> list:
+    """['--radices', '-2,2'] -> ['--radices=-2,2']; everything else unchanged."""
+    out = []
+    for arg in argv:
+        if out and out[-1] in _LIST_OPTIONS and re.match(r"-\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: numpy.random.default_rng takes integers >= 0."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text}")
+    return seed
+
+
+def _int_list(text: str, what: str, item_name: str = "width") -> list:
+    """'8,3,1' -> [8, 3, 1]; an item 'VxK' repeats V K times ('16x121'). Every value and
+    count must be >= 1, as radices and widths are; ``item_name`` names a value in errors."""
     out = []
     for item in text.replace(" ", "").split(","):
         value, _, times = item.partition("x")
         try:
-            out += [int(value)] * (int(times) if times else 1)
+            value, times = int(value), int(times) if times else 1
         except ValueError:
             raise ValueError(
                 f"{what}: {item!r} is not an integer or VALUExCOUNT (in {text!r})"
             ) from None
+        if value < 1 or times < 1:
+            bad, name = (value, item_name) if value < 1 else (times, "count")
+            raise ValueError(f"{what}: {name} {bad} must be >= 1 (in {text!r})")
+        out += [value] * times
     return out
 
 
 def _radix_lists_arg(text: str, repeat: int) -> list:
     """'2,2,2/2,2' (or ';') -> [[2, 2, 2], [2, 2]], the whole sequence repeated ``repeat`` times."""
-    lists = [_int_list(part, "--radices") for part in text.replace(";", "/").split("/")]
+    lists = [_int_list(part, "--radices", "radix") for part in text.replace(";", "/").split("/")]
     return lists * repeat
 
 
@@ -777,9 +1052,12 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-path-entries", type=int, default=MAX_PATH_ENTRIES, metavar="N",
                        help="skip exact path counting when an intermediate path matrix has "
                             f"more than N entries (default {MAX_PATH_ENTRIES})")
+        p.add_argument("--max-path-work", type=float, default=MAX_PATH_WORK, metavar="W",
+                       help="skip exact path counting when it would take more than W word "
+                            f"additions (default {MAX_PATH_WORK:.2g}, about 10 s)")
         if seed:
-            p.add_argument("--seed", type=int, default=0,
-                           help="seed of numpy.random.default_rng (default 0)")
+            p.add_argument("--seed", type=_seed, default=0,
+                           help="seed of numpy.random.default_rng, >= 0 (default 0)")
 
     p = sub.add_parser("radix", help="a RadiX-Net from an (extended) mixed radix",
                        description="A RadiX-Net (Robinett & Kepner). Radix lists are "
@@ -836,11 +1114,22 @@ def _run(args) -> list:
         if len(widths) < 2:
             raise ValueError(f"--widths needs at least two node layers, got {args.widths!r}")
         rng = np.random.default_rng(args.seed)
+        pairs = list(zip(widths, widths[1:]))  # (n_in, n_out) of each layer
+        # Refuse the whole stack up front: xnet and random_sparse only see one layer each.
         if args.command == "xnet":
-            masks = [xnet(o, i, args.in_degree, rng) for i, o in zip(widths, widths[1:])]
-            print(f"X-Net: widths {widths}, in-degree {args.in_degree}, seed {args.seed}")
+            k = _check_int(args.in_degree, "--in-degree", 1, min(widths[:-1]))
+            costs = [_drawn_cost(o, i, o * k, 2 * k > i, _XNET_BYTES_PER_NNZ) for i, o in pairs]
+            _check_fits(f"X-Net with in-degree {k:,}", costs,
+                        "use a lower --in-degree or fewer or narrower --widths")
+            masks = [xnet(o, i, k, rng) for i, o in _progress("xnet", True, pairs)]
+            print(f"X-Net: widths {widths}, in-degree {k}, seed {args.seed}")
         else:
-            masks = [random_sparse(o, i, args.density, rng) for i, o in zip(widths, widths[1:])]
+            density = _check_density(args.density)
+            costs = [_bernoulli_cost(o, i, density) for i, o in pairs]
+            _check_fits(f"Bernoulli random stack at density {density:g}", costs,
+                        "use a lower --density or fewer or narrower --widths")
+            masks = [random_sparse(o, i, density, rng)
+                     for i, o in _progress("random_sparse", True, pairs)]
             print(f"Bernoulli random: widths {widths}, density {args.density}, seed {args.seed}")
     else:
         from sparsenn.io import load_masks
@@ -856,17 +1145,22 @@ def _run(args) -> list:
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (2 for bad input)."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_lists(sys.argv[1:] if argv is None else list(argv)))
     try:
         masks = _run(args)
-        print(format_description(describe(masks, max_entries=args.max_path_entries)))
+        desc = describe(masks, max_entries=args.max_path_entries, max_work=args.max_path_work)
+        print(format_description(desc))
         if args.save:
             from sparsenn.io import save_masks
 
             save_masks(args.save, masks)
             print(f"saved {len(masks)} masks to {args.save}")
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:  # TopologyTooLarge is a ValueError
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:  # the estimates in _check_fits were too low for this machine
+        print(f"{parser.prog}: error: ran out of memory (the size check let this through); "
+              "ask for fewer or smaller layers", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout piped into e.g. `head`: stop quietly, like other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
