@@ -5,6 +5,7 @@
     python examples/lenet300.py --mask pruned.npz --save runs/ckpt.npz
     python examples/lenet300.py --resume runs/ckpt.npz          # continue a stopped run
     python examples/lenet300.py --resume runs/ckpt.npz --epochs 40   # extend a finished one
+    mpiexec -n 2 python examples/lenet300.py --topology radix   # data-parallel, same global batch
 
 Reads top to bottom: configuration, data, model, optimiser, training, summary.
 """
@@ -21,7 +22,7 @@ import time
 import numpy as np
 
 import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
-from sparsenn import checkpoint, cli, data, schedules
+from sparsenn import checkpoint, cli, data, distributed, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import TOPOLOGIES, layer_table, lenet300
 from sparsenn.optim import SGD, Adam
@@ -83,9 +84,16 @@ LOCAL = ("device", "resume", "no_progress", "data_dir")
 CHANGEABLE = ("epochs", "save", "save_every", "metrics", "eval_every")
 
 
-def main(argv=None) -> int:
+def main(argv=None, comm=None) -> int:
+    """comm: the MPI communicator when started by ``mpiexec -n P`` (P > 1), else None."""
     args, given = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if comm is not None:  # data-parallel: rank 0 alone speaks and writes
+        threads = distributed.share_cores(comm)
+        print(f"data-parallel: {comm.Get_size()} ranks x {threads} thread(s)")
+        if args.device == "cuda":
+            raise ValueError("data-parallel training runs on the CPU; leave out --device cuda under mpiexec")
+        args.device = "cpu"
 
     # ---- configuration: a resumed run takes its configuration from the checkpoint ----------
     config = vars(args).copy()
@@ -115,6 +123,7 @@ def main(argv=None) -> int:
     print(f"model: LeNet-300-100, topology {'mask ' + config['mask'] if masks else config['topology']}")
     print(layer_table(model))
     model.to(device)  # parameters move now; the optimiser's state is created where they are
+    parallel = distributed.DataParallel(comm, model) if comm is not None else None
 
     # ---- optimiser and schedule ------------------------------------------------------------
     steps_per_epoch = -(-len(arrays.x_train) // config["batch_size"])
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
         summary = fit(model, arrays, opt, schedule, epochs=config["epochs"], batch_size=config["batch_size"],
                       seed=config["seed"], eval_every=config["eval_every"], metrics_path=config["metrics"],
                       save_path=config["save"], save_every=config["save_every"], resume=config["resume"],
-                      config=config, progress=not config["no_progress"])
+                      config=config, progress=not config["no_progress"], parallel=parallel)
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 1
@@ -141,9 +150,18 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run(comm=None) -> int:
     try:
-        sys.exit(main())
+        return main(comm=comm)
     except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    try:
+        comm = distributed.world()  # None unless started by mpiexec -n P with P > 1
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(run() if comm is None else distributed.run_on_every_rank(comm, run, comm))

@@ -6,6 +6,7 @@
         --gradual-log examples/results/prune_retrain_gradual_log.json
     python examples/prune_retrain.py --quick --json /tmp/r.json        # smoke test, seconds
     python examples/prune_retrain.py --plot acc.png                    # needs matplotlib
+    mpiexec -n 2 python examples/prune_retrain.py --quick              # data-parallel (not --speed)
 
 For each seed:
 
@@ -48,7 +49,7 @@ import time
 import numpy as np
 
 import sparsenn
-from sparsenn import cli, data, pruning, schedules
+from sparsenn import cli, data, distributed, pruning, schedules
 from sparsenn.io import save_masks
 from sparsenn.models import lenet300, lenet5
 from sparsenn.optim import SGD
@@ -167,15 +168,20 @@ def parse_args(argv=None):
 
 
 # ---- one training run ---------------------------------------------------------------------
+COMM = None  # the MPI communicator under mpiexec -n P (P > 1): every fit is then data-parallel
+
+
 def train(model, arrays, cfg, seed, callbacks=()):
-    """SGD (Nesterov) + cosine decay over cfg['epochs']. Returns (fit's summary, optimiser)."""
+    """SGD (Nesterov) + cosine decay over cfg['epochs']. Returns (fit's summary, optimiser).
+    Under MPI, data-parallel: the pruning callbacks see the same weights on every rank."""
     opt = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0,
               weight_decay=cfg["weight_decay"])
     total = cfg["epochs"] * cfg["steps_per_epoch"]
     warmup = min(MODELS[cfg["model"]]["warmup"], total // 10)
     summary = fit(model, arrays, opt, schedules.Cosine(cfg["lr"], total, warmup=warmup), epochs=cfg["epochs"],
                   batch_size=cfg["batch_size"], seed=seed, callbacks=callbacks, progress=cfg["progress"],
-                  log=print if cfg["verbose"] else (lambda *a: None))
+                  log=print if cfg["verbose"] else (lambda *a: None),
+                  parallel=distributed.DataParallel(COMM, model) if COMM is not None else None)
     return summary, opt
 
 
@@ -210,7 +216,7 @@ def retrain(masks, sparsity, method, seed, arrays, cfg, w0, say):
 
 
 def save_structure(cfg, method, sparsity, seed, model, say):
-    if not cfg["save_dir"]:
+    if not cfg["save_dir"] or (COMM is not None and COMM.Get_rank() != 0):  # rank 0 writes
         return
     stem = os.path.join(cfg["save_dir"], f"{cfg['model']}_{method}_s{sparsity:g}_seed{seed}")
     save_masks(stem + "_mask.npz", pruning.model_masks(model), sparsity=sparsity, seed=seed)
@@ -431,8 +437,17 @@ def _write_json(path, obj, indent=1) -> None:
 
 
 # ---- main ---------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def main(argv=None, comm=None) -> int:
+    """comm: the MPI communicator when started by ``mpiexec -n P`` (P > 1), else None."""
+    global COMM
     args = parse_args(argv)
+    if comm is not None:
+        if args.speed:
+            raise ValueError("--speed times one process: run it without mpiexec")
+        print(f"data-parallel: {comm.Get_size()} ranks x {distributed.share_cores(comm)} thread(s)")
+        if comm.Get_rank() != 0:  # rank 0 alone writes the results
+            args.json = args.csv = args.gradual_log = args.plot = None
+    COMM = comm
     t_start = time.perf_counter()
     spec = MODELS[args.model]
 
@@ -503,9 +518,18 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run(comm=None) -> int:
     try:
-        sys.exit(main())
+        return main(comm=comm)
     except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    try:
+        comm = distributed.world()  # None unless started by mpiexec -n P with P > 1
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(run() if comm is None else distributed.run_on_every_rank(comm, run, comm))

@@ -79,9 +79,11 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def evaluate(model, x, y, batch_size: int = 1000):
+def evaluate(model, x, y, batch_size: int = 1000, parallel=None):
     """(accuracy, mean loss) of ``model`` on batch-major ``x`` (n, n_features), labels ``y``
-    (NumPy). On a GPU, ``x`` may already be a device array (else it is copied there)."""
+    (NumPy). On a GPU, ``x`` may already be a device array (else it is copied there).
+    parallel: a :class:`sparsenn.distributed.DataParallel`; each rank then evaluates its own
+    contiguous part of the set and the counts are summed."""
     ops = model.ops
     x = ops.asarray(x)
     y = np.asarray(y)
@@ -89,15 +91,18 @@ def evaluate(model, x, y, batch_size: int = 1000):
     n = len(y)
     correct, total_loss = 0, 0.0
     buf = None
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(n, start + batch_size))
+    lo, hi = (0, n) if parallel is None else (parallel.rank * n // parallel.size, (parallel.rank + 1) * n // parallel.size)
+    for start in range(lo, hi, batch_size):
+        idx = np.arange(start, min(hi, start + batch_size))
         if buf is None or buf.shape[1] != len(idx):
             buf = ops.empty((x.shape[1], len(idx)), np.float32)
         ops.gather_batch(x, ops.asarray(idx), buf)
         logits = model.forward(buf)  # (n_classes, batch)
         total_loss += loss_fn.forward(logits, y[idx]) * len(idx)
         correct += int(np.sum(np.argmax(ops.to_host(logits), axis=0) == y[idx]))
-    return correct / n, total_loss / n
+    if parallel is not None:
+        correct, total_loss = parallel.sum(correct, total_loss)
+    return float(correct) / n, float(total_loss) / n
 
 
 def model_nnz(model) -> tuple[int, int]:
@@ -111,7 +116,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         eval_every: int = 0, metrics_path=None, save_path=None, save_every: int = 0, resume=None,
         config: dict | None = None, callbacks=(), progress: bool = True, log=print,
         eval_batch_size: int = 1000, blowup_factor: float = 100.0, blowup_steps: int = 10,
-        blowup_window: int = 100) -> dict:
+        blowup_window: int = 100, parallel=None) -> dict:
     """Train ``model`` and return a summary dict.
 
     schedule: step -> learning rate (``sparsenn.schedules``). eval_every: also evaluate on the
@@ -131,9 +136,18 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
 
     Resuming with ``metrics_path``: lines of that file written after the checkpoint's step (by
     the run that was stopped) are removed, because the resumed run writes them again.
+
+    parallel: a :class:`sparsenn.distributed.DataParallel` to train data-parallel over MPI
+    (``batch_size`` stays the global batch; rank 0 alone logs, writes metrics and saves).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    if parallel is not None:
+        if batch_size < parallel.size:
+            raise ValueError(f"the global batch ({batch_size}) must be at least the number of ranks ({parallel.size})")
+        if parallel.rank != 0:  # one voice, one set of files
+            metrics_path = save_path = None
+            progress, log = False, (lambda *a, **k: None)
     check_output_path(save_path, "save_path")  # fail now, not after the first epoch
     check_output_path(metrics_path, "metrics_path")
     n = len(data.x_train)
@@ -150,6 +164,11 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             dropped = _drop_metrics_after(metrics_path, step)
             if dropped:
                 log(f"{metrics_path}: removed {dropped} line(s) written after step {step} by the stopped run")
+    if parallel is not None:
+        parallel.check_same("at the start of training" if resume is None else f"after resuming from {resume}")
+        log(f"data-parallel over {parallel.size} ranks: each takes {batch_size // parallel.size}-"
+            f"{-(-batch_size // parallel.size)} images of every batch of {batch_size}; one Allreduce of "
+            f"{parallel.bytes_per_step:,} bytes of gradients per step")
     if metrics_path:
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
     metrics_file = open(metrics_path, "a") if metrics_path else None
@@ -158,8 +177,9 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
     ops = model.ops
     x_train, y_train = ops.asarray(data.x_train), ops.asarray(data.y_train)
     x_test = ops.asarray(data.x_test)
-    x_buf = ops.empty((data.x_train.shape[1], batch_size), np.float32)
-    y_buf = ops.empty((batch_size,), data.y_train.dtype)
+    local_batch = batch_size if parallel is None else len(parallel.shard(np.arange(batch_size)))
+    x_buf = ops.empty((data.x_train.shape[1], local_batch), np.float32)
+    y_buf = ops.empty((local_batch,), data.y_train.dtype)
     last_good = resume
     epoch_times, history = [], []
     blown = []  # recent steps whose loss exceeded blowup_factor x the loss of guessing
@@ -195,8 +215,11 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             bar_images = 0
             t_eval = 0.0
             for b in range(first, steps_per_epoch):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
-                if len(idx) == batch_size:
+                idx = perm[b * batch_size:(b + 1) * batch_size]  # the global batch
+                n_global = len(idx)
+                if parallel is not None:
+                    idx = parallel.shard(idx)  # this rank's part of it
+                if len(idx) == x_buf.shape[1]:
                     x, y = x_buf, y_buf
                 else:  # the last, shorter batch of an epoch
                     x, y = ops.empty((x_buf.shape[0], len(idx)), np.float32), ops.empty((len(idx),), y_buf.dtype)
@@ -205,6 +228,8 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                 optimizer.lr = schedule(step)
                 logits = model.forward(x)  # (n_classes, batch)
                 loss = loss_fn.forward(logits, y)
+                if parallel is not None:  # the global batch's mean loss, the same on every rank
+                    loss = float(parallel.sum(loss * len(idx))[0]) / n_global
                 if not math.isfinite(loss):
                     raise diverged(f"the loss became {loss}")
                 guess = math.log(logits.shape[0])  # the loss of uniform predictions
@@ -214,10 +239,12 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                         raise diverged(f"the loss exceeded {blowup_factor:g} x the loss of guessing ({guess:.3g}) "
                                        f"in {len(blown)} of the last {blowup_window} steps (now {loss:.3g})")
                 model.backward(loss_fn.backward())
+                if parallel is not None:
+                    parallel.average_gradients(len(idx), n_global)
                 optimizer.step()
                 step += 1
                 losses.append(loss)
-                images += len(idx)
+                images += n_global
                 for cb in callbacks:
                     cb.on_step_end(step, model, optimizer)
                 if progress and (b + 1 - first) % 25 == 0:
@@ -228,7 +255,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                     t_bar, bar_images = now, images
                 if eval_every and step % eval_every == 0 and step % steps_per_epoch:
                     t0 = time.perf_counter()
-                    acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
+                    acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size, parallel)
                     nnz, full = model_nnz(model)
                     write({"kind": "eval", "epoch": epoch + 1, "step": step,
                            "train_loss": float(np.mean(losses[-eval_every:])), "test_acc": acc,
@@ -241,7 +268,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
             bar.close()
             seconds = time.perf_counter() - t_epoch - t_eval
             epoch_times.append(seconds)
-            acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
+            acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size, parallel)
             nnz, full = model_nnz(model)
             rec = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                    "test_acc": acc, "test_loss": test_loss, "lr": optimizer.lr,
@@ -252,11 +279,13 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                 f"test_acc {100 * acc:6.2f}%  lr {optimizer.lr:.4g}  {seconds:6.2f} s "
                 f"({images / max(seconds, 1e-9):,.0f} img/s)")
             save(epoch + 1)
+            if parallel is not None:  # the ranks' weights must still be equal (pruning included)
+                parallel.check_same(f"after epoch {epoch + 1}")
     finally:
         if metrics_file:
             metrics_file.close()
     if not history:  # resumed a finished run: just report where it stands
-        acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size)
+        acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size, parallel)
     else:
         acc = history[-1]["test_acc"]
     epoch_recs = [r for r in history if r["kind"] == "epoch"]

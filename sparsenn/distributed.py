@@ -1,0 +1,199 @@
+"""Data-parallel training over MPI: every rank holds the whole model, each takes a slice of the
+global batch, and one Allreduce of a flat float32 buffer averages the gradients.
+
+    mpiexec -n 2 python examples/lenet300.py --topology radix      # same flags, global batch
+
+Why this is all the communication a sparse network needs: the sparsity pattern is fixed, so
+every rank's gradient is the same list of ``nnz`` values (plus biases) in the same order. The
+gradients of all layers live in one contiguous buffer (each parameter's ``grad`` is a view
+into it, so the backward writes there directly and nothing is packed), and one
+``Allreduce(SUM)`` of it per step is the whole exchange: ``4 x (connections + biases)`` bytes,
+proportional to the connections, not to the dense size.
+
+The rules, each chosen so that a run does not depend on how many ranks it had:
+
+* **The batch split** (:meth:`DataParallel.shard`): the global batch of a step is the slice of
+  the epoch's permutation that a 1-process run would take (a function of seed, epoch and step
+  only); rank ``r`` of ``P`` takes its ``r``-th contiguous part. A run can resume on another
+  number of ranks.
+* **The average**: rank ``r`` computes the mean-loss gradient over its ``b_r`` images and scales
+  it by ``b_r / B`` before the sum, so the result is the global batch's mean gradient whatever
+  the split (equal to a 1-process run's up to float32 rounding: the sum is taken in another
+  order). The loss is reduced the same way, so every rank sees the same loss and stops (on a
+  divergence, say) at the same step.
+* **Identical steps**: every rank applies the same optimiser step to the same weights with the
+  same gradients, so the weights stay equal without being sent; :meth:`DataParallel.check_same`
+  compares a checksum of every rank's patterns and weights at the start and after each epoch
+  (pruning included), and stops with an error naming the ranks that differ.
+* **Rank 0 alone** prints, writes metrics and checkpoints; evaluation is split over the ranks
+  and its counts reduced.
+* **Faults**: a rank that raises prints its error with its rank and aborts the job
+  (``MPI_Abort``), so the others do not wait forever in the next Allreduce; a rank killed
+  outright is noticed by ``mpiexec``, which ends the others.
+
+Without MPI (no ``mpiexec``, or one process) nothing here is used and nothing is imported.
+Install: ``pip install -e ".[mpi]"`` (mpi4py and MPICH from the package index) or mpi4py built
+against a system MPI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+
+import numpy as np
+
+# environment variables by which MPI launchers tell a process its rank count
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+INSTALL_HINT = 'pip install -e ".[mpi]" (mpi4py and MPICH), or mpi4py built against your MPI'
+
+
+def launched_size() -> int:
+    """How many processes the launcher started (1 when not under ``mpiexec``), from its
+    environment variables, without importing MPI."""
+    for var in _SIZE_VARS[:3]:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def world():
+    """The MPI world communicator when this process was started by ``mpiexec -n P`` with P > 1,
+    else None. Raises RuntimeError (with how to install it) when launched under MPI without
+    mpi4py, instead of P copies of the same run each training alone."""
+    if launched_size() <= 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise RuntimeError(f"started by mpiexec with {launched_size()} processes, but mpi4py is not "
+                           f"installed: {INSTALL_HINT}") from None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def share_cores(comm) -> int:
+    """Give each of the ranks on this machine its share of the cores for Numba's threads
+    (unless NUMBA_NUM_THREADS is set); returns the thread count. Two ranks each running two
+    threads on two cores would stall each other's parallel loops."""
+    import numba
+
+    if "NUMBA_NUM_THREADS" not in os.environ:
+        local = comm.Split_type(split_type=_shared_type()).Get_size()
+        numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // local)))
+    return numba.get_num_threads()
+
+
+def _shared_type():
+    from mpi4py import MPI
+
+    return MPI.COMM_TYPE_SHARED
+
+
+def run_on_every_rank(comm, fn, *args) -> int:
+    """Run ``fn(*args)`` on this rank, with only rank 0's standard output shown, and return its
+    exit status. Rank 0 first lists every rank's host and process id: when a rank is killed,
+    ``mpiexec`` ends the others at once and names the dead process by its id. If ``fn`` raises,
+    or returns a nonzero status, on any rank, that rank prints why, naming itself, and aborts
+    the whole job: the other ranks would otherwise wait forever in their next collective."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    where = comm.allgather((socket.gethostname(), os.getpid()))
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    print(f"MPI: {size} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}" for r, (host, pid) in enumerate(where)),
+          flush=True)
+    try:
+        status = fn(*args)
+    except BaseException as e:  # noqa: BLE001  (anything, KeyboardInterrupt included, ends the job)
+        print(f"rank {rank} of {size} failed: {type(e).__name__}: {e}; stopping every rank", file=sys.stderr,
+              flush=True)
+        comm.Abort(1)
+        raise
+    if status:
+        print(f"rank {rank} of {size} stopped with exit status {status}; stopping every rank", file=sys.stderr,
+              flush=True)
+        comm.Abort(int(status))
+    return 0
+
+
+class DataParallel:
+    """The per-step exchange of data-parallel training, for ``fit(..., parallel=DataParallel(comm, model))``.
+
+    comm: an mpi4py communicator. model: the model every rank built identically.
+    """
+
+    def __init__(self, comm, model):
+        self.comm, self.model = comm, model
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.flat = None
+        self.bytes_per_step = 0
+        self._bind()
+
+    def _bind(self) -> None:
+        """Point every parameter's grad into one contiguous float32 buffer (allocated once, and
+        again only when pruning changes the number of stored weights)."""
+        params = self.model.parameters()
+        for p in params:
+            if p.value.dtype != np.float32 or not isinstance(p.value, np.ndarray):
+                raise TypeError(f"data-parallel training runs float32 models on the CPU; {p.name} is "
+                                f"{p.value.dtype} on {type(p.value).__name__}")
+        total = sum(p.value.size for p in params)
+        self.flat = np.zeros(total, dtype=np.float32)
+        offset = 0
+        for p in params:
+            view = self.flat[offset:offset + p.value.size].reshape(p.value.shape)
+            if p.grad.shape == view.shape:
+                view[...] = p.grad  # keep a gradient already computed
+            p.grad = view
+            offset += p.value.size
+        self.bytes_per_step = self.flat.nbytes
+        self._grads = [p.grad for p in params]
+
+    def shard(self, idx):
+        """This rank's contiguous part of a global batch ``idx`` (the rule depends only on the
+        batch and the rank count)."""
+        n = len(idx)
+        return idx[self.rank * n // self.size:(self.rank + 1) * n // self.size]
+
+    def average_gradients(self, n_local: int, n_global: int) -> None:
+        """grad = sum over ranks of (n_local / n_global) x local mean gradient: the global mean."""
+        from mpi4py import MPI
+
+        params = self.model.parameters()
+        if len(params) != len(self._grads) or any(p.grad is not g for p, g in zip(params, self._grads)):
+            self._bind()  # pruning or a restored checkpoint gave some parameters new grads: copy them in
+        self.flat *= np.float32(n_local / n_global)
+        self.comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
+
+    def sum(self, *values) -> np.ndarray:
+        """The sum over ranks of a few float64 numbers (losses, counts)."""
+        from mpi4py import MPI
+
+        buf = np.asarray(values, dtype=np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf
+
+    def checksum(self) -> str:
+        """SHA-256 of every sparse pattern and every parameter value, in order."""
+        h = hashlib.sha256()
+        for layer in self.model.layers:
+            pattern = getattr(layer, "pattern", None)
+            if pattern is not None:
+                h.update(np.ascontiguousarray(pattern.indptr).tobytes())
+                h.update(np.ascontiguousarray(pattern.indices).tobytes())
+        for p in self.model.parameters():
+            h.update(np.ascontiguousarray(p.value).tobytes())
+        return h.hexdigest()
+
+    def check_same(self, when: str) -> None:
+        """Stop with a ValueError on every rank unless all ranks hold the same model."""
+        digests = self.comm.allgather(self.checksum())
+        if len(set(digests)) > 1:
+            groups = {}
+            for r, d in enumerate(digests):
+                groups.setdefault(d, []).append(r)
+            parts = "; ".join(f"ranks {v} have {d[:12]}" for d, v in groups.items())
+            raise ValueError(f"{when}: the ranks' models differ ({parts}): every rank must build the same "
+                             f"model (same seed, masks and checkpoint)")

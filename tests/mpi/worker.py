@@ -1,0 +1,48 @@
+"""Run under ``mpiexec -n 2`` by tests/test_distributed.py: a small data-parallel fit whose ranks
+can be made to fail, be killed, or build different models."""
+
+import argparse
+import os
+import signal
+import sys
+
+import numpy as np
+
+from sparsenn import distributed, schedules
+from sparsenn.optim import SGD
+from sparsenn.train import fit
+from tests.test_train import small_model, small_problem
+
+
+class Fault:
+    def __init__(self, rank, step, how):
+        self.rank, self.step, self.how = rank, step, how
+
+    def on_step_end(self, step, model, optimizer):
+        if step == self.step and self.rank == int(os.environ.get("PMI_RANK", "0")):
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected failure at step {step}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--fault", choices=["raise", "kill"])
+    p.add_argument("--seed-by-rank", action="store_true")
+    args = p.parse_args()
+    comm = distributed.world()
+
+    def run():
+        seed = comm.Get_rank() if args.seed_by_rank else 0
+        model = small_model(seed)
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        callbacks = [Fault(1, 5, args.fault)] if args.fault else []
+        fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=50, batch_size=50, seed=0,
+            progress=False, callbacks=callbacks, parallel=distributed.DataParallel(comm, model))
+        return 0
+
+    return distributed.run_on_every_rank(comm, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Data-parallel training over MPI: the same run as one process, and faults that stop every rank.
+
+These start ``mpiexec -n 2`` (the ``mpi`` extra: mpi4py and MPICH); CI installs it.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sparsenn import distributed
+from tests.conftest import REPO
+
+MPIEXEC = shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install -e '.[mpi]'")
+
+
+def env():
+    root = os.environ.get("SPARSENN_DATA") or os.path.join(REPO, "..", "shared", "datasets")
+    e = {**os.environ, "SPARSENN_DATA": os.path.abspath(os.path.join(REPO, root)), "PYTHONPATH": REPO}
+    for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        e.pop(var, None)
+    return e
+
+
+def mpirun(*args, n=2, timeout=300, cwd=None):
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env(), cwd=cwd)
+
+
+class FakeComm:
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+
+def test_the_batch_split_covers_the_global_batch_once():
+    from tests.test_train import small_model
+
+    idx = np.arange(101)
+    for size in (1, 2, 3, 7):
+        parts = [distributed.DataParallel(FakeComm(r, size), small_model()).shard(idx) for r in range(size)]
+        np.testing.assert_array_equal(np.concatenate(parts), idx)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_gradients_live_in_one_buffer():
+    from tests.test_train import small_model
+
+    model = small_model()
+    dp = distributed.DataParallel(FakeComm(0, 1), model)
+    assert dp.flat.size == sum(p.value.size for p in model.parameters()) and dp.bytes_per_step == 4 * dp.flat.size
+    for p in model.parameters():
+        assert p.grad.base is dp.flat
+
+
+def test_launched_without_mpi4py_says_how_to_install(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(RuntimeError, match=r"started by mpiexec with 2 processes, but mpi4py is not installed: "
+                                           r"pip install -e \"\.\[mpi\]\""):
+        distributed.world()
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert distributed.world() is None
+
+
+@needs_mpi
+def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
+    """LeNet-300-100 radix, 2 epochs, seed 0, global batch 100: mpiexec -n 2 against 1 process."""
+    script = os.path.join(REPO, "examples", "lenet300.py")
+    common = ["--topology", "radix", "--epochs", "2", "--seed", "0", "--no-progress"]
+    one = subprocess.run([sys.executable, script, *common, "--save", tmp_path / "one.npz", "--metrics",
+                          tmp_path / "one.jsonl"], capture_output=True, text=True, timeout=300, env=env())
+    assert one.returncode == 0, one.stderr
+    two = mpirun(script, *common, "--save", tmp_path / "two.npz", "--metrics", tmp_path / "two.jsonl")
+    assert two.returncode == 0, two.stderr
+    assert "data-parallel over 2 ranks" in two.stdout and "one Allreduce of 111,720 bytes" in two.stdout
+    assert two.stdout.count("configuration:") == 1  # rank 0 alone speaks
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    worst = 0.0
+    for key in a.files:
+        if key.startswith("param."):
+            scale = np.abs(a[key]).max()
+            worst = max(worst, float(np.abs(a[key] - b[key]).max() / scale))
+        elif key.startswith("pattern."):
+            np.testing.assert_array_equal(a[key], b[key])
+    assert 0 < worst < 1e-4, worst  # float32 rounding of a sum taken in another order, after 1200 steps
+    acc = [json.loads(l)["test_acc"] for l in open(tmp_path / "one.jsonl")]
+    acc2 = [json.loads(l)["test_acc"] for l in open(tmp_path / "two.jsonl")]
+    assert len(acc) == len(acc2) == 2 and abs(acc[-1] - acc2[-1]) <= 0.0005
+
+
+@needs_mpi
+def test_a_rank_that_raises_stops_every_rank():
+    t0 = time.time()
+    proc = mpirun("-m", "tests.mpi.worker", "--fault", "raise", timeout=120, cwd=REPO)
+    assert proc.returncode != 0 and time.time() - t0 < 60
+    assert "rank 1 of 2 failed: RuntimeError: injected failure at step 5; stopping every rank" in proc.stderr
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job_and_is_named_by_its_pid():
+    t0 = time.time()
+    proc = mpirun("-m", "tests.mpi.worker", "--fault", "kill", timeout=120, cwd=REPO)
+    assert proc.returncode != 0 and time.time() - t0 < 60
+    pids = dict(re.findall(r"rank (\d+) = pid (\d+)", proc.stdout))
+    dead = re.search(r"PID (\d+) RUNNING AT", proc.stdout + proc.stderr)
+    assert dead and dead.group(1) == pids["1"], (proc.stdout, proc.stderr)
+
+
+@needs_mpi
+def test_ranks_with_different_models_are_refused():
+    proc = mpirun("-m", "tests.mpi.worker", "--seed-by-rank", timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "at the start of training: the ranks' models differ (ranks [0] have" in proc.stderr
+
+
+@needs_mpi
+def test_pruning_study_runs_data_parallel(tmp_path):
+    """Gradual pruning turns layers into CSR mid-run: the gradient buffer follows, the ranks agree."""
+    script = os.path.join(REPO, "examples", "prune_retrain.py")
+    one = subprocess.run([sys.executable, script, "--quick", "--json", tmp_path / "one.json"], capture_output=True,
+                         text=True, timeout=300, env=env())
+    two = mpirun(script, "--quick", "--json", tmp_path / "two.json")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert [(r["method"], r["stage"], r["sparsity"], r["nnz"]) for r in a] == \
+        [(r["method"], r["stage"], r["sparsity"], r["nnz"]) for r in b]
+    assert max(abs(r["test_acc"] - s["test_acc"]) for r, s in zip(a, b)) <= 0.01
