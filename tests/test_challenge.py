@@ -169,7 +169,8 @@ def data_env():
 
 
 def test_example_on_mnist_with_both_peers(tmp_path):
-    pytest.importorskip("graphblas", reason="the challenge extra: pip install -e '.[challenge]'")
+    if not os.environ.get("CI"):  # CI installs the challenge extra (.ci/run): there it must run
+        pytest.importorskip("graphblas", reason="the challenge extra: pip install -e '.[challenge]'")
     out = tmp_path / "r.json"
     proc = run_example("--neurons", 1024, "--layers", 12, "--images", 500, "--json", out, "--no-progress",
                        env=data_env())

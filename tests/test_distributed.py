@@ -17,8 +17,11 @@ import pytest
 from sparsenn import distributed
 from tests.conftest import REPO
 
-MPIEXEC = shutil.which("mpiexec")
-needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install -e '.[mpi]'")
+# the mpich wheel puts mpiexec beside the interpreter, which need not be on PATH (or rehashed)
+_BESIDE = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+MPIEXEC = _BESIDE if os.path.exists(_BESIDE) else shutil.which("mpiexec")
+# CI installs the mpi extra (.ci/run), so there these tests must run, never skip
+needs_mpi = pytest.mark.skipif(MPIEXEC is None and not os.environ.get("CI"), reason="no mpiexec: pip install -e '.[mpi]'")
 
 
 def env():
