@@ -42,6 +42,7 @@ import hashlib
 import os
 import socket
 import sys
+import time
 
 import numpy as np
 
@@ -109,13 +110,20 @@ def run_on_every_rank(comm, fn, *args) -> int:
     except BaseException as e:  # noqa: BLE001  (anything, KeyboardInterrupt included, ends the job)
         print(f"rank {rank} of {size} failed: {type(e).__name__}: {e}; stopping every rank", file=sys.stderr,
               flush=True)
-        comm.Abort(1)
+        _abort(comm, 1)
         raise
     if status:
         print(f"rank {rank} of {size} stopped with exit status {status}; stopping every rank", file=sys.stderr,
               flush=True)
-        comm.Abort(int(status))
+        _abort(comm, int(status))
     return 0
+
+
+def _abort(comm, status: int) -> None:
+    # a moment for mpiexec to forward the message just printed: the abort ends every process,
+    # and output still in transit would be lost with them
+    time.sleep(1.0)
+    comm.Abort(status)
 
 
 class DataParallel:
