@@ -159,9 +159,4 @@ def run(comm=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        comm = distributed.world()  # None unless started by mpiexec -n P with P > 1
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run() if comm is None else distributed.run_on_every_rank(comm, run, comm))
+    sys.exit(distributed.launch(run))  # data-parallel when started by mpiexec -n P, P > 1

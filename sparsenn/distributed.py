@@ -6,9 +6,9 @@ global batch, and one Allreduce of a flat float32 buffer averages the gradients.
 Why this is all the communication a sparse network needs: the sparsity pattern is fixed, so
 every rank's gradient is the same list of ``nnz`` values (plus biases) in the same order. The
 gradients of all layers live in one contiguous buffer (each parameter's ``grad`` is a view
-into it, so the backward writes there directly and nothing is packed), and one
-``Allreduce(SUM)`` of it per step is the whole exchange: ``4 x (connections + biases)`` bytes,
-proportional to the connections, not to the dense size.
+into it, so the backward writes there directly and nothing is packed), with one more slot for
+the step's loss, and one ``Allreduce(SUM)`` of it per step is the whole exchange:
+``4 x (connections + biases + 1)`` bytes, proportional to the connections, not to the dense size.
 
 The rules, each chosen so that a run does not depend on how many ranks it had:
 
@@ -119,6 +119,17 @@ def run_on_every_rank(comm, fn, *args) -> int:
     return 0
 
 
+def launch(run) -> int:
+    """A script's entry point that works with and without ``mpiexec``: ``run(comm)`` with the
+    world communicator, or ``run(None)`` in one process; returns the exit status."""
+    try:
+        comm = world()
+    except RuntimeError as e:  # under mpiexec without mpi4py
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(None) if comm is None else run_on_every_rank(comm, run, comm)
+
+
 def _abort(comm, status: int) -> None:
     # a moment for mpiexec to forward the message just printed: the abort ends every process,
     # and output still in transit would be lost with them
@@ -148,7 +159,7 @@ class DataParallel:
                 raise TypeError(f"data-parallel training runs float32 models on the CPU; {p.name} is "
                                 f"{p.value.dtype} on {type(p.value).__name__}")
         total = sum(p.value.size for p in params)
-        self.flat = np.zeros(total, dtype=np.float32)
+        self.flat = np.zeros(total + 1, dtype=np.float32)  # every gradient, then the step's loss
         offset = 0
         for p in params:
             view = self.flat[offset:offset + p.value.size].reshape(p.value.shape)
@@ -165,15 +176,20 @@ class DataParallel:
         n = len(idx)
         return idx[self.rank * n // self.size:(self.rank + 1) * n // self.size]
 
-    def average_gradients(self, n_local: int, n_global: int) -> None:
-        """grad = sum over ranks of (n_local / n_global) x local mean gradient: the global mean."""
+    def average_gradients(self, n_local: int, n_global: int, loss: float) -> float:
+        """grad = sum over ranks of (n_local / n_global) x local mean gradient: the global mean.
+        The local mean loss rides in the buffer's last slot, so the same Allreduce returns the
+        global batch's mean loss (the same number on every rank)."""
         from mpi4py import MPI
 
         params = self.model.parameters()
         if len(params) != len(self._grads) or any(p.grad is not g for p, g in zip(params, self._grads)):
             self._bind()  # pruning or a restored checkpoint gave some parameters new grads: copy them in
-        self.flat *= np.float32(n_local / n_global)
+        share = np.float32(n_local / n_global)
+        self.flat[-1] = loss
+        self.flat *= share
         self.comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
+        return float(self.flat[-1])
 
     def sum(self, *values) -> np.ndarray:
         """The sum over ranks of a few float64 numbers (losses, counts)."""

@@ -168,7 +168,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
         parallel.check_same("at the start of training" if resume is None else f"after resuming from {resume}")
         log(f"data-parallel over {parallel.size} ranks: each takes {batch_size // parallel.size}-"
             f"{-(-batch_size // parallel.size)} images of every batch of {batch_size}; one Allreduce of "
-            f"{parallel.bytes_per_step:,} bytes of gradients per step")
+            f"{parallel.bytes_per_step:,} bytes (gradients and loss) per step")
     if metrics_path:
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
     metrics_file = open(metrics_path, "a") if metrics_path else None
@@ -228,9 +228,10 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                 optimizer.lr = schedule(step)
                 logits = model.forward(x)  # (n_classes, batch)
                 loss = loss_fn.forward(logits, y)
-                if parallel is not None:  # the global batch's mean loss, the same on every rank
-                    loss = float(parallel.sum(loss * len(idx))[0]) / n_global
-                if not math.isfinite(loss):
+                model.backward(loss_fn.backward())
+                if parallel is not None:  # one Allreduce: the global batch's mean gradients and loss
+                    loss = parallel.average_gradients(len(idx), n_global, loss)
+                if not math.isfinite(loss):  # checked before the step: the weights stay as they were
                     raise diverged(f"the loss became {loss}")
                 guess = math.log(logits.shape[0])  # the loss of uniform predictions
                 if blowup_steps and loss > blowup_factor * guess:
@@ -238,9 +239,6 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int, batch_size:
                     if len(blown) >= blowup_steps:
                         raise diverged(f"the loss exceeded {blowup_factor:g} x the loss of guessing ({guess:.3g}) "
                                        f"in {len(blown)} of the last {blowup_window} steps (now {loss:.3g})")
-                model.backward(loss_fn.backward())
-                if parallel is not None:
-                    parallel.average_gradients(len(idx), n_global)
                 optimizer.step()
                 step += 1
                 losses.append(loss)

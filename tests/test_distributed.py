@@ -63,7 +63,8 @@ def test_gradients_live_in_one_buffer():
 
     model = small_model()
     dp = distributed.DataParallel(FakeComm(0, 1), model)
-    assert dp.flat.size == sum(p.value.size for p in model.parameters()) and dp.bytes_per_step == 4 * dp.flat.size
+    assert dp.flat.size == sum(p.value.size for p in model.parameters()) + 1  # and the loss
+    assert dp.bytes_per_step == 4 * dp.flat.size
     for p in model.parameters():
         assert p.grad.base is dp.flat
 
@@ -88,7 +89,7 @@ def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
     assert one.returncode == 0, one.stderr
     two = mpirun(script, *common, "--save", tmp_path / "two.npz", "--metrics", tmp_path / "two.jsonl")
     assert two.returncode == 0, two.stderr
-    assert "data-parallel over 2 ranks" in two.stdout and "one Allreduce of 111,720 bytes" in two.stdout
+    assert "data-parallel over 2 ranks" in two.stdout and "one Allreduce of 111,724 bytes" in two.stdout
     assert two.stdout.count("configuration:") == 1  # rank 0 alone speaks
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     worst = 0.0
