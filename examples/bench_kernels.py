@@ -25,7 +25,13 @@ until MIN_TIME has passed or MAX_CALLS were made, but at least MIN_CALLS; the me
 PyTorch is imported and timed last: its OpenMP pool spins after each call and would steal
 cores from the others.
 
+The yardstick: dense SGEMM, (4096x4096) @ (4096x128) float32 through NumPy's BLAS, timed at the
+start of the same run; every sparsenn rate is also shown as a fraction of it ("of SGEMM").
+``plain`` is sparsenn's textbook loops (``spmm_plain``, ``sddmm_plain``): what the fast kernels add.
+
 Targets (checked from this run's ratios, printed as PASS/FAIL):
+  * every product at density <= 0.1: sparsenn's useful GFLOP/s >= 0.5x the dense SGEMM rate
+    (>= 0.3x for the small cases under 20,000 weights, where a call's fixed cost dominates);
   * forward: sparsenn >= 2x faster than scipy.sparse on every case with density <= 0.1;
   * weight_grad: sparsenn faster than dense ``dy @ x.T`` at density <= 0.1, >= 10x on 4096x4096 d=0.01;
   * forward on 4096x4096 d=0.01: sparsenn >= 10x faster than dense ``W @ x``.
@@ -50,7 +56,7 @@ import scipy
 
 from sparsenn import cli
 from sparsenn.csr import CSRPattern, balanced_row_splits
-from sparsenn.kernels import sddmm, spmm
+from sparsenn.kernels import sddmm, sddmm_plain, spmm, spmm_plain
 from sparsenn.runtime import thread_info
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +69,9 @@ MAX_CALLS = 200  # ... but fast kernels stop here ...
 MIN_CALLS = 10  # ... and slow ones (dense 4096x4096, scipy) still get this many
 QUICK = dict(min_time=0.02, max_calls=20, min_calls=3)  # --quick: for tests, seconds not minutes
 OPS = ("forward", "backward_input", "weight_grad")
-IMPLS = ("sparsenn", "scipy", "dense_numpy", "torch")
+IMPLS = ("sparsenn", "plain", "scipy", "dense_numpy", "torch")  # plain: the textbook loops
+SGEMM = (4096, 4096)  # the dense yardstick: (4096x4096) @ (4096xBATCH) float32 through NumPy's BLAS
+SMALL_NNZ = 20_000  # below this a call's fixed cost dominates: a lower target (#12)
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,8 @@ def make_operands(case: Case):
 # ---------------------------------------------------------------------------------------------
 
 
-def _sparsenn_ops(p: CSRPattern, data, x, dy):
+def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
+    _spmm, _sddmm = (spmm_plain, sddmm_plain) if plain else (spmm, sddmm)
     n_threads = numba.get_num_threads()
     bounds = balanced_row_splits(p.indptr, n_threads)  # rows of W, balanced by nonzeros
     t_bounds = balanced_row_splits(p.t_indptr, n_threads)  # rows of W^T
@@ -140,16 +149,16 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy):
     dw = np.empty_like(data)
 
     def forward():
-        spmm(p.indptr, p.indices, data, x, y, bounds)
+        _spmm(p.indptr, p.indices, data, x, y, bounds)
         return y
 
     def backward_input():
         # W's values are read in column order through t_perm, as the layer does
-        spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
+        _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
         return dx
 
     def weight_grad():
-        sddmm(p.indptr, p.indices, dy, x, dw, bounds)
+        _sddmm(p.indptr, p.indices, dy, x, dw, bounds)
         return dw
 
     return dict(forward=forward, backward_input=backward_input, weight_grad=weight_grad)
@@ -269,12 +278,24 @@ def gflops(case: Case, seconds: float) -> float:
     return 2 * case.nnz * BATCH / seconds / 1e9
 
 
-def print_table(cases, impls, results):
+def sgemm_rate(timing) -> float:
+    """GFLOP/s of dense SGEMM in this process: (4096x4096) @ (4096xBATCH) float32 through NumPy,
+    the BLAS rate the sparse products are held against (same threads, same machine, same run)."""
+    rng = np.random.default_rng(SEED)
+    a = rng.standard_normal(SGEMM, dtype=np.float32)
+    b = rng.standard_normal((SGEMM[1], BATCH), dtype=np.float32)
+    out = np.empty((SGEMM[0], BATCH), np.float32)
+    t = median_time(lambda: np.matmul(a, b, out=out), lambda _: None, **timing)
+    return 2 * SGEMM[0] * SGEMM[1] * BATCH / t / 1e9
+
+
+def print_table(cases, impls, results, sgemm):
     print(f"\nMedian ms per call and useful GFLOP/s (2*nnz*batch / time, for every implementation); "
           f"batch {BATCH}.")
-    print("x scipy / x dense: how many times faster sparsenn is (their time / sparsenn's time).")
+    print("x scipy / x dense: how many times faster sparsenn is (their time / sparsenn's time);")
+    print(f"of SGEMM: sparsenn's GFLOP/s as a fraction of dense SGEMM's {sgemm:.0f} GFLOP/s in this run.")
     head1 = f"{'case':<18} {'nnz':>10}  {'op':<15}" + "".join(f"{i:>17}" for i in impls)
-    head1 += f"{'x scipy':>9}{'x dense':>9}"
+    head1 += f"{'x scipy':>9}{'x dense':>9}{'of SGEMM':>9}"
     head2 = f"{'':<18} {'':>10}  {'':<15}" + "".join(f"{'ms':>9}{'GF/s':>8}" for _ in impls)
     print(head1)
     print(head2)
@@ -288,6 +309,7 @@ def print_table(cases, impls, results):
             for other in ("scipy", "dense_numpy"):
                 t = results.get((case, op, other))
                 line += f"{'-':>9}" if t is None or mine is None else f"{t / mine:8.2f}x"
+            line += f"{'-':>9}" if mine is None else f"{gflops(case, mine) / sgemm:9.2f}"
             print(line)
 
 
@@ -308,8 +330,9 @@ def print_sweep(sweep_cases, results):
               f"{max(faster):g}" + (" (the whole sweep)" if len(faster) == len(sweep_cases) else ""))
 
 
-def check_targets(cases, results) -> list[tuple[str, str, str, float | None]]:
-    """Each target as (PASS/FAIL/SKIP, what, case label, ratio = other's time / sparsenn's)."""
+def check_targets(cases, results, sgemm) -> list[tuple[str, str, str, float | None]]:
+    """Each target as (PASS/FAIL/SKIP, what, case label, ratio): ratio = other's time / sparsenn's,
+    or, for the SGEMM targets, sparsenn's GFLOP/s / dense SGEMM's in this run."""
 
     def ratio(case, op, other):
         a, b = results.get((case, op, other)), results.get((case, op, "sparsenn"))
@@ -325,9 +348,17 @@ def check_targets(cases, results) -> list[tuple[str, str, str, float | None]]:
         ("weight_grad: sparsenn >= 10x faster than dense dy @ x.T", big, "weight_grad", "dense_numpy", 10.0),
         ("forward: sparsenn >= 10x faster than dense W @ x", big, "forward", "dense_numpy", 10.0),
     ]
+    # issue #12: useful GFLOP/s against the dense SGEMM rate of this run, every op at density <= 0.1
+    for case in sparse_cases:
+        need = 0.5 if case.nnz >= SMALL_NNZ else 0.3
+        wanted += [(f"{op}: sparsenn >= {need}x the dense SGEMM rate", case, op, "sgemm", need) for op in OPS]
     out = []
     for what, case, op, other, need in wanted:
-        r = ratio(case, op, other)  # None when the case was not run (--cases, --quick)
+        if other == "sgemm":
+            t = results.get((case, op, "sparsenn"))
+            r = None if t is None else gflops(case, t) / sgemm
+        else:
+            r = ratio(case, op, other)  # None when the case was not run (--cases, --quick)
         verdict = "SKIP" if r is None else ("PASS" if r >= need else "FAIL")
         out.append((verdict, what, case.label, r))
     return out
@@ -392,6 +423,9 @@ def main(argv=None) -> int:
     if sweep_cases:
         print(f"sweep: forward {SWEEP.shape} at densities {', '.join(f'{d:g}' for d in SWEEP_DENSITIES)}")
 
+    print("  timing dense SGEMM ...", file=sys.stderr, flush=True)
+    sgemm = sgemm_rate(timing)
+    print(f"dense SGEMM {SGEMM[0]}x{SGEMM[1]} @ {SGEMM[1]}x{BATCH} through NumPy: {sgemm:.1f} GFLOP/s")
     results = {}  # (case, op, impl) -> median seconds
     operands = {}  # case -> (pattern, data, x, dy, refs), kept for the torch pass at the end
     for case in cases + sweep_new:
@@ -401,6 +435,7 @@ def main(argv=None) -> int:
         ops = OPS if case in cases else ("forward",)
         time_impl("sparsenn", _sparsenn_ops(p, data, x, dy), case, p, refs, timing, results, ops)
         if case in cases:
+            time_impl("plain", _sparsenn_ops(p, data, x, dy, plain=True), case, p, refs, timing, results, ops)
             time_impl("scipy", _scipy_ops(p, data, x, dy), case, p, refs, timing, results, ops)
         time_impl("dense_numpy", _dense_numpy_ops(p, data, x, dy), case, p, refs, timing, results, ops)
         if case in cases:
@@ -427,11 +462,11 @@ def main(argv=None) -> int:
             time_impl("torch", _torch_ops(torch, sampled, p, data, x, dy), case, p, refs, timing, results)
     print(torch_note)
 
-    print_table(cases, impls, results)
+    print_table(cases, impls, results, sgemm)
     if sweep_cases:
         print_sweep(sweep_cases, results)
 
-    verdicts = check_targets(cases, results)
+    verdicts = check_targets(cases, results, sgemm)
     print("\nTargets (ratios from this run):")
     for verdict, what, label, r in verdicts:
         print(f"{verdict}  {what:<56} {label:<18} " + ("not run" if r is None else f"{r:.2f}x"))
@@ -441,8 +476,10 @@ def main(argv=None) -> int:
 
     if args.json:
         records = [dict(op=op, rows=case.rows, cols=case.cols, density=case.density, batch=BATCH,
-                        impl=impl, median_s=t, gflops=gflops(case, t))
+                        impl=impl, median_s=t, gflops=gflops(case, t), of_sgemm=gflops(case, t) / sgemm)
                    for (case, op, impl), t in results.items()]
+        records.append(dict(op="sgemm", rows=SGEMM[0], cols=SGEMM[1], density=1.0, batch=BATCH,
+                            impl="dense_numpy", gflops=sgemm))
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO
 
 SCRIPT = os.path.join(REPO, "examples", "bench_kernels.py")
-KEYS = {"op", "rows", "cols", "density", "batch", "impl", "median_s", "gflops"}
+KEYS = {"op", "rows", "cols", "density", "batch", "impl", "median_s", "gflops", "of_sgemm"}
 OPS = {"forward", "backward_input", "weight_grad"}
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -40,10 +40,23 @@ def quick_run(tmp_path_factory):
     return proc.stdout, json.loads(path.read_text())
 
 
+def kernel_records(records):
+    return [r for r in records if r["op"] != "sgemm"]
+
+
+def test_one_sgemm_record_and_every_fraction_relative_to_it(quick_run):
+    _, records = quick_run
+    (sgemm,) = [r for r in records if r["op"] == "sgemm"]
+    assert (sgemm["rows"], sgemm["cols"], sgemm["batch"], sgemm["impl"]) == (4096, 4096, 128, "dense_numpy")
+    assert sgemm["gflops"] > 0
+    for r in kernel_records(records):
+        assert r["of_sgemm"] == pytest.approx(r["gflops"] / sgemm["gflops"], rel=1e-9), r
+
+
 def test_records_have_the_documented_keys_and_values(quick_run):
     _, records = quick_run
     assert records, "no records written"
-    for r in records:
+    for r in kernel_records(records):
         assert set(r) == KEYS, r
         assert r["op"] in OPS
         assert (r["rows"], r["cols"], r["density"], r["batch"]) == (100, 300, 0.1, 128)
@@ -52,7 +65,7 @@ def test_records_have_the_documented_keys_and_values(quick_run):
 
 def test_gflops_is_useful_flops_over_median_time(quick_run):
     _, records = quick_run
-    for r in records:
+    for r in kernel_records(records):
         nnz = round(r["density"] * r["rows"] * r["cols"])  # the benchmark stores exactly this many
         expected = 2 * nnz * r["batch"] / r["median_s"] / 1e9  # the same for dense and sparse
         assert r["gflops"] == pytest.approx(expected, rel=1e-9), r
@@ -60,8 +73,9 @@ def test_gflops_is_useful_flops_over_median_time(quick_run):
 
 def test_every_implementation_times_every_op_except_scipy_weight_grad(quick_run):
     _, records = quick_run
+    records = kernel_records(records)
     got = {(r["op"], r["impl"]) for r in records}
-    impls = {"sparsenn", "scipy", "dense_numpy"} | ({"torch"} if HAVE_TORCH else set())
+    impls = {"sparsenn", "plain", "scipy", "dense_numpy"} | ({"torch"} if HAVE_TORCH else set())
     expected = {(op, impl) for op in OPS for impl in impls} - {("weight_grad", "scipy")}
     assert got == expected
     assert len(records) == len(expected), "a (op, impl) pair was recorded twice"
@@ -71,6 +85,9 @@ def test_report_prints_threads_table_and_targets(quick_run):
     out, _ = quick_run
     assert "numba_num_threads" in out
     assert "100x300 d=0.1" in out
+    assert "dense SGEMM 4096x4096 @ 4096x128 through NumPy:" in out
+    assert any(line.startswith(("PASS  forward: sparsenn >= 0.3x the dense SGEMM rate",
+                                "FAIL  forward: sparsenn >= 0.3x the dense SGEMM rate")) for line in out.splitlines())
     # only the 100x300 targets are run; the 4096x4096 ones are reported as skipped
     assert "SKIP  forward: sparsenn >= 10x faster than dense W @ x" in out
     assert any(line.startswith(("PASS  forward", "FAIL  forward")) for line in out.splitlines())

@@ -1,12 +1,17 @@
 """Every kernel against its NumPy twin, on the shapes that break kernels."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsenn.csr import CSRPattern, balanced_row_splits
-from sparsenn.kernels import softmax_xent, softmax_xent_ref, sddmm, sddmm_ref, spmm, spmm_ref
+from sparsenn.kernels import (sddmm, sddmm_plain, sddmm_ref, softmax_xent, softmax_xent_ref, spmm, spmm_plain,
+                              spmm_ref)
 from tests.conftest import random_mask
 
 CASES = {
@@ -59,6 +64,55 @@ def test_sddmm_matches_twin_and_dense(rng, case, n_parts):
     np.testing.assert_allclose(out, sddmm_ref(p.indptr, p.indices, dy, x), rtol=1e-5, atol=1e-5)
     rows = p.row_of_entry()
     np.testing.assert_allclose(out, (dy @ x.T)[rows, p.indices], rtol=1e-5, atol=1e-5)
+
+
+# spmm cuts the batch into register blocks of 128, 96, 64 or 48 columns and a tail: these
+# widths hit each block alone, each with a tail, the tail alone, and several 128-blocks.
+BLOCK_BATCHES = [1, 15, 16, 47, 48, 49, 63, 64, 95, 96, 100, 127, 128, 129, 176, 200, 257]
+
+
+@pytest.mark.parametrize("batch", BLOCK_BATCHES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_and_plain_kernels_equal_the_twins_at_every_block_width(rng, batch, dtype):
+    # empty rows, one-nonzero rows, rows with 1-3 left after 4-wide unrolling, long rows
+    mask = random_mask(rng, 40, 70, 0.15, (0, 7, 39), (5,))
+    mask[3] = False
+    mask[3, 11] = True  # a one-nonzero row
+    mask[9] = True  # a full row (70: unroll tail of 2)
+    p = CSRPattern.from_mask(mask)
+    data = rng.standard_normal(p.nnz).astype(dtype)
+    x = rng.standard_normal((p.shape[1], batch)).astype(dtype)
+    dy = rng.standard_normal((p.shape[0], batch)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for n_parts in (1, 3):
+        bounds, t_bounds = balanced_row_splits(p.indptr, n_parts), balanced_row_splits(p.t_indptr, n_parts)
+        for kernel in (spmm, spmm_plain):
+            out = np.full((p.shape[0], batch), np.nan, dtype)
+            kernel(p.indptr, p.indices, data, x, out, bounds)
+            np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, x), **tol)
+            dx = np.full((p.shape[1], batch), np.nan, dtype)
+            kernel(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
+            np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data, dy, p.t_perm), **tol)
+        for kernel in (sddmm, sddmm_plain):
+            g = np.full(p.nnz, np.nan, dtype)
+            kernel(p.indptr, p.indices, dy, x, g, bounds)
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, x), **tol)
+
+
+def test_kernels_run_as_plain_python_with_the_jit_disabled():
+    """The module docstring's debugging advice (NUMBA_DISABLE_JIT=1) must keep working: the
+    register blocks then use a heap array instead of the stack intrinsic."""
+    code = ("import numpy as np; from sparsenn.kernels import spmm, spmm_ref, sddmm, sddmm_ref; "
+            "from sparsenn.csr import CSRPattern, balanced_row_splits; rng = np.random.default_rng(0); "
+            "p = CSRPattern.from_mask(rng.random((6, 9)) < 0.4); d = rng.standard_normal(p.nnz); "
+            "x = rng.standard_normal((9, 100)); y = np.empty((6, 100)); b = balanced_row_splits(p.indptr, 2); "
+            "spmm(p.indptr, p.indices, d, x, y, b); assert np.allclose(y, spmm_ref(p.indptr, p.indices, d, x)); "
+            "g = np.empty(p.nnz); sddmm(p.indptr, p.indices, y, x, g, b); "
+            "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x)); print('ok')")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
 
 
 def test_kernels_compile_for_float64(rng):
