@@ -501,13 +501,32 @@ def sparsity_of(model) -> float:
 
 
 def initial_weights(model) -> list:
-    """Copies of every weight layer's weights as dense (n_out, n_in) arrays and its bias (or
-    None): take this before dense training to :func:`rewind` a pruned structure to it later."""
+    """Copies of every weight layer's weights and its bias (or None): take this before training
+    to :func:`rewind` a pruned structure to it later. A dense layer's weights come as a dense
+    ``(n_out, n_in)`` array; a SparseLinear's as a ``scipy.sparse.csr_matrix`` holding its
+    stored weights, so that a 262,144-wide sparse layer costs O(nnz), not a dense 275 GB copy."""
     out = []
     for l in model.weight_layers():
-        w = l.to_dense() if isinstance(l, SparseLinear) else l.weight.value.copy()
+        if isinstance(l, SparseLinear):
+            w = l.pattern.to_scipy(l.weight.host().copy())
+        else:
+            w = l.weight.value.copy()
         out.append((w, None if l.bias is None else l.bias.value.copy()))
     return out
+
+
+def _lookup(w0: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``w0[rows[k], cols[k]]`` for every k (0 where ``w0`` stores nothing), in O((nnz + k) log nnz):
+    ``w0``'s canonical CSR order is the order of the keys ``row * n_in + col``, so one searchsorted."""
+    w0 = sp.csr_matrix(w0)
+    w0.sum_duplicates()  # canonical: sorted, unique
+    if w0.nnz == 0:
+        return np.zeros(len(rows), dtype=w0.dtype)
+    n_in = w0.shape[1]
+    keys0 = np.repeat(np.arange(w0.shape[0], dtype=np.int64), np.diff(w0.indptr)) * n_in + w0.indices
+    keys = rows.astype(np.int64) * n_in + cols
+    pos = np.minimum(np.searchsorted(keys0, keys), w0.nnz - 1)
+    return np.where(keys0[pos] == keys, w0.data[pos], 0)
 
 
 def rewind(model, initial) -> None:
@@ -516,7 +535,8 @@ def rewind(model, initial) -> None:
 
     For a SparseLinear entry k at (row r, column c): ``data[k] = W0[r, c]``. This is the
     lottery-ticket variant of retraining: the structure of the pruned network, the weights
-    the dense network started from.
+    the dense network started from. ``W0`` may be dense or sparse (a sparse model's
+    :func:`initial_weights`; a connection it does not store rewinds to 0).
     """
     wl = model.weight_layers()
     if len(initial) != len(wl):
@@ -526,9 +546,12 @@ def rewind(model, initial) -> None:
             raise ValueError(f"{layer.name}: initial weights have shape {w0.shape}, the layer {layer.shape}")
         if isinstance(layer, SparseLinear):
             p = layer.pattern
-            layer.weight.value[...] = w0[p.row_of_entry(), p.indices]
+            if sp.issparse(w0):
+                layer.weight.value[...] = _lookup(w0, p.row_of_entry(), p.indices)
+            else:
+                layer.weight.value[...] = w0[p.row_of_entry(), p.indices]
         else:
-            layer.weight.value[...] = w0
+            layer.weight.value[...] = w0.toarray() if sp.issparse(w0) else w0
         if layer.bias is not None and b0 is not None:
             layer.bias.value[...] = b0
 

@@ -6,8 +6,12 @@ neuron), so a stack ``masks`` maps ``widths[0] -> widths[1] -> ... -> widths[L]`
 ``masks[i].shape == (widths[i + 1], widths[i])``. The RadiX-Net papers write the transpose
 (row = source neuron); the docstrings say where that matters.
 
-Everything is built straight into CSR arrays with vectorised NumPy in O(nnz) memory: no dense
-``n_out x n_in`` array is ever formed, so the 65536-neuron RadiX-Nets generate in seconds.
+Everything is built straight into the masks' int32 CSR arrays with vectorised NumPy: no dense
+``n_out x n_in`` array, no Kronecker product and no Python loop over rows is ever formed. The
+time is O(nnz) (O(nnz log nnz) for random draws) and the peak memory is the finished masks plus
+a constant: RadiX layers are written in place, random ones are drawn a chunk of ``_CHUNK`` (2**20)
+entries at a time. A 10^8-connection RadiX or fixed fan-in random layer takes about a second
+and at most ~1.1x its CSR bytes (``examples/bench_topology.py --huge`` measures it).
 
 RadiX-Nets (Robinett & Kepner 2018, 2019)
 -----------------------------------------
@@ -33,12 +37,23 @@ paths per pair multiply by ``B_2 * ... * B_L``.
 The Sparse DNN Graph Challenge (MIT/IEEE/Amazon 2019) networks are such RadiX-Nets: the
 1024-neuron, 120-layer one is ``radix_net([[2] * 6] * 20, B=[16] * 121)``.
 
+*Reduced format* (:func:`radix_widths`): a RadiX-Net given by its node-layer widths
+``n_0, ..., n_L`` and out-degrees ``D_0, ..., D_{L-1}``: ``N' = gcd(n_i)``, ``B_i = n_i / N'``,
+radices ``r_i = D_i / B_{i+1}``, which must form an extended mixed radix of ``N'``.
+
+*Sparse MLPs* (:func:`radix_mlp`, used by ``sparsenn.models.sparse_mlp``): hidden widths such as
+``[262144] * 4`` at a fixed in-degree (fan-in) as one RadiX-Net, with the 784 inputs placed at
+evenly spaced positions of a padded input layer, the way :func:`lenet300_radix` cuts 800 inputs
+to 784.
+
 Random and expander topologies
 ------------------------------
 :func:`random_sparse` (each connection independently present: Bernoulli), :func:`xnet` (exact
 in-degree, every input used, after Prabhu et al.'s X-Nets), and :func:`random_equivalent`
 (a random stack with the same per-layer densities as a given one). Every random choice takes an
-explicit ``numpy.random.Generator``.
+explicit ``numpy.random.Generator``. :func:`random_fan_in` draws a layer with a fixed in-degree
+(every output exactly ``fan_in`` distinct uniform inputs), the random counterpart of a RadiX
+layer of the same size.
 
 Size limits
 -----------
@@ -54,7 +69,9 @@ Run ``python -m sparsenn.topology --help`` for the command line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import operator
 import os
 import re
 import sys
@@ -168,10 +185,10 @@ def _csr(indptr, indices, shape) -> sp.csr_matrix:
 _MASK_BYTES_PER_NNZ = 5  # a finished mask keeps int32 indices + bool data per connection,
 _MASK_BYTES_PER_ROW = 4  # one int32 indptr entry per output neuron,
 _MASK_OVERHEAD = 2048  # and ~2 KB of Python/SciPy objects: it counts in 10^5-layer stacks.
-_DRAW_BYTES_PER_NNZ = 40  # random draws: int64 rows, values, keys and sort buffers per connection
-_XNET_BYTES_PER_NNZ = 80  # xnet: the same plus the deal's seeds and the final lexsort
-_DRAW_BYTES_PER_NEURON = 40  # int64 row counts, sizes, permutations, indptr
-_DENSE_BYTES_PER_ENTRY = 32  # rows over half full are drawn as complements (see _random_subsets)
+_RADIX_BYTES_PER_RING = 4  # RadiX layers: int32 row numbers of one block of rows, <= N' of them
+_DRAW_BYTES_PER_ENTRY = 64  # random draws: one chunk's int64 values, keys, rows and positions,
+_DRAW_BYTES_PER_ROW = 96  # int64 counts, indptr, sizes, starts and round state per output neuron,
+_DRAW_BYTES_PER_INPUT = 48  # and (xnet) the deal's permutations and seeds per input neuron.
 
 
 class TopologyTooLarge(ValueError):
@@ -240,26 +257,26 @@ def _mask_bytes(n_out: int, nnz: int) -> int:
 
 
 def _radix_cost(n_prime: int, radix: int, b_in: int, b_out: int) -> _LayerCost:
-    """Cost of :func:`_radix_layer`: besides the mask it holds ``base`` (N' x radix, int64), the
-    Kronecker block ``block_rows`` (N' x b_in x radix) in int64 and in int32, and an int64 indptr:
-    ``extra = 8 N' (1 + radix) + 12 N' b_in radix + 8 (n_out + 1)``."""
+    """Cost of :func:`_radix_layer`, which writes the mask's int32 arrays in place: besides the
+    mask it holds one block of int32 row numbers, ``extra = 4 N'``."""
     n_out, n_in = b_out * n_prime, b_in * n_prime
     nnz = n_out * b_in * radix
-    extra = 8 * n_prime * (1 + radix) + 12 * n_prime * b_in * radix + 8 * (n_out + 1)
-    return _LayerCost(n_out, n_in, nnz, _mask_bytes(n_out, nnz), extra)
+    return _LayerCost(n_out, n_in, nnz, _mask_bytes(n_out, nnz), _RADIX_BYTES_PER_RING * n_prime)
 
 
-def _drawn_cost(n_out: int, n_in: int, nnz: int, dense_rows: bool, per_nnz: int) -> _LayerCost:
-    """Cost of a mask drawn row by row with :func:`_random_subsets`:
-    ``extra = per_nnz * nnz + 40 (n_out + n_in) [+ 32 n_out n_in when dense_rows]``.
+def _drawn_cost(n_out: int, n_in: int, nnz: int, dense_rows: bool) -> _LayerCost:
+    """Cost of a mask drawn straight into its int32 ``indices`` by :func:`_subsets_into`
+    (random_sparse, fixed fan-in, xnet): ``extra = 64 chunk + 96 n_out + 48 n_in``.
 
-    ``per_nnz`` is 40 bytes for Bernoulli and fixed fan-in draws, 80 for :func:`xnet`. Rows that
-    take more than half of their inputs (``dense_rows``) draw the inputs they leave out and lay
-    out all ``n_in`` candidates, 32 bytes each, to strike those.
+    ``chunk = min(work, max(_CHUNK, n_in))`` is the most entries one chunk of draws holds
+    (``_CHUNK``, or one row when a row is longer); ``work`` is ``nnz``, or ``n_out * n_in`` when
+    rows over half full (``dense_rows``) lay out all their candidates to strike the excluded ones.
+    For a big layer the extra is a constant ~64 MiB plus the per-neuron arrays: the peak stays
+    close to the finished mask's ``5 nnz + 4 n_out`` bytes.
     """
-    extra = per_nnz * nnz + _DRAW_BYTES_PER_NEURON * (n_out + n_in)
-    if dense_rows:
-        extra += _DENSE_BYTES_PER_ENTRY * n_out * n_in
+    work = n_out * n_in if dense_rows else nnz
+    chunk = min(work, max(_CHUNK, n_in))
+    extra = _DRAW_BYTES_PER_ENTRY * chunk + _DRAW_BYTES_PER_ROW * n_out + _DRAW_BYTES_PER_INPUT * n_in
     return _LayerCost(n_out, n_in, nnz, _mask_bytes(n_out, nnz), extra)
 
 
@@ -267,7 +284,7 @@ def _bernoulli_cost(n_out: int, n_in: int, density: float) -> _LayerCost:
     """:func:`_drawn_cost` of :func:`random_sparse` at its expected nnz. Binomial row counts
     straddle ``n_in / 2`` well below density 1/2, so from density 0.4 up all rows count as dense."""
     nnz = math.ceil(density * n_out * n_in)
-    return _drawn_cost(n_out, n_in, nnz, density > 0.4, _DRAW_BYTES_PER_NNZ)
+    return _drawn_cost(n_out, n_in, nnz, density > 0.4)
 
 
 def _check_fits(what: str, costs: list, smaller: str) -> None:
@@ -343,23 +360,48 @@ def _check_radix_lists(radix_lists) -> list:
     return lists
 
 
+def _radix_offsets(out: np.ndarray, n_prime: int, radix: int, place: int) -> None:
+    """Write row ``r`` of a RadiX layer's first block, sorted: ``out[r] = sort((r + n * place)
+    mod N' for n < radix)``. ``out``: int32 ``(N', radix)``, any strides; needs
+    ``place * radix <= N'`` (so the offsets are distinct).
+
+    No modulo and no sort: the offsets of row ``r`` that wrap past ``N'`` are its last ``w``,
+    and sorted they come first. ``w`` grows with ``r``, so the rows that wrap ``w`` times are one
+    block, ``N' - place (radix - w) <= r < N' - place (radix - w - 1)``, written with two
+    broadcast adds. The only temporary is that block's row numbers: at most ``N'`` int32.
+    """
+    for w in range(radix):  # rows whose last w offsets wrap around
+        lo = n_prime - place * (radix - w) if w else 0
+        hi = n_prime - place * (radix - w - 1)
+        if lo >= hi:
+            continue
+        r = np.arange(lo, hi, dtype=np.int32)[:, None]
+        wrapped = np.arange(radix - w, radix, dtype=np.int64) * place - n_prime  # (w,)
+        np.add(r, wrapped.astype(np.int32), out=out[lo:hi, :w])
+        np.add(r, (np.arange(radix - w, dtype=np.int64) * place).astype(np.int32), out=out[lo:hi, w:])
+
+
 def _radix_layer(n_prime: int, radix: int, place: int, b_in: int, b_out: int) -> sp.csr_matrix:
     """One Kronecker-widened RadiX layer, shape ``(b_out * N', b_in * N')``, in O(nnz).
 
     Row ``(b', r)`` (index ``b' * N' + r``) holds the columns ``b * N' + (r + n * place) mod N'``
     for ``b < b_in``, ``n < radix``: ``b_in * radix`` entries per row. The ``radix`` offsets are
     distinct mod ``N'`` because ``radix * place`` divides ``N'``.
+
+    Memory: the int32 ``indices`` are written in place, block by block (output block 0's input
+    block 0 by :func:`_radix_offsets`, the other input blocks by adding ``b * N'``, the other
+    output blocks by copying block 0), so the peak is the finished mask plus ``4 N'`` bytes.
     """
-    r = np.arange(n_prime, dtype=np.int64)
-    base = (r[:, None] + place * np.arange(radix, dtype=np.int64)[None, :]) % n_prime  # (N', radix)
-    base.sort(axis=1)  # the wrap-around breaks the order; sorting a short row is cheap
-    blocks = n_prime * np.arange(b_in, dtype=np.int64)  # (b_in,) first column of each input block
-    # Row r of one output block: the blocks in increasing order, each holding base[r] (sorted).
-    block_rows = (base[:, None, :] + blocks[None, :, None]).astype(np.int32)  # (N', b_in, radix)
-    indices = np.tile(block_rows.reshape(-1), b_out)  # every output block repeats the pattern
     degree = b_in * radix
-    indptr = degree * np.arange(b_out * n_prime + 1, dtype=np.int64)
-    return _csr(indptr, indices, (b_out * n_prime, b_in * n_prime))
+    n_out, n_in = b_out * n_prime, b_in * n_prime
+    indices = np.empty(n_out * degree, dtype=np.int32)
+    block = indices[: n_prime * degree].reshape(n_prime, b_in, radix)  # output block 0
+    _radix_offsets(block[:, 0, :], n_prime, radix, place)
+    for b in range(1, b_in):  # input block b: the same columns shifted by b * N'
+        np.add(block[:, 0, :], b * n_prime, out=block[:, b, :])
+    indices.reshape(b_out, -1)[1:] = indices[: n_prime * degree]  # every output block repeats it
+    indptr = np.arange(0, n_out * degree + 1, degree, dtype=np.int32)  # nnz < 2**31: checked
+    return _csr(indptr, indices, (n_out, n_in))
 
 
 def radix_net(radix_lists, B=None, *, progress: bool = True) -> list:
@@ -380,12 +422,13 @@ def radix_net(radix_lists, B=None, *, progress: bool = True) -> list:
     Properties: every row of mask ``i`` holds ``B[i] * N_i`` ones and every column
     ``B[i+1] * N_i``; density ``N_i / N'``; every input reaches every output by the same number
     of paths, ``B[1] * ... * B[L-1]`` times 1 (``M = 1``) or ``N'^(M-2) * p`` (``M >= 2``).
-    Cost: O(total nnz) time and memory.
+    Cost: O(total nnz) time; memory: the masks themselves plus ``4 N'`` bytes (each layer's
+    int32 arrays are written in place, see :func:`_radix_layer`).
 
     Too large: before building anything, raises :class:`TopologyTooLarge` (a ValueError) when a
     layer exceeds int32 CSR indices or the estimated memory, ``sum over layers of
-    (5 nnz + 4 n_out + 2 KiB)`` kept plus the biggest layer's temporaries ``8 N' (1 + N_i) +
-    12 N' B[i] N_i + 8 n_out`` (see :func:`_radix_cost`), exceeds :func:`available_memory`.
+    (5 nnz + 4 n_out + 2 KiB)`` kept plus ``4 N'`` of temporaries (see :func:`_radix_cost`),
+    exceeds :func:`available_memory`.
     ``progress``: show a per-layer bar on stderr when the build takes over ``PROGRESS_DELAY_S``.
     """
     lists = _check_radix_lists(radix_lists)
@@ -415,6 +458,189 @@ def radix_net(radix_lists, B=None, *, progress: bool = True) -> list:
                 place *= radix
                 i += 1
                 bar.update()
+    return masks
+
+
+def _split_radices(radices: list, n_prime: int, name) -> list:
+    """Cut a flat list of radices into an extended mixed radix of ``N'``: consecutive lists with
+    product ``N'`` (a list closes as soon as its product reaches ``N'``), then at most one whose
+    product divides ``N'``; a single list must reach ``N'``. ``name(i)`` names radix ``i`` in
+    the ValueError raised when that is impossible."""
+    lists, current, product = [], [], 1
+    for i, r in enumerate(radices):
+        if (n_prime // product) % r:
+            raise ValueError(
+                f"{name(i)} = {r} does not divide N' / {product} = {n_prime // product} (N' = "
+                f"{n_prime}, divided by the radices before it in its list): the radices must "
+                f"multiply up to N', list after list, and the last list's product must divide N'"
+            )
+        current.append(r)
+        product *= r
+        if product == n_prime:
+            lists.append(current)
+            current, product = [], 1
+    if current:
+        if not lists:
+            raise ValueError(
+                f"the radices {radices} multiply to {product}, not N' = {n_prime}: a RadiX-Net's "
+                f"first radix list must reach N' (only a later list may stop at a divisor of N')"
+            )
+        lists.append(current)
+    return lists
+
+
+def radix_widths(widths, out_degrees, *, progress: bool = True) -> list:
+    """The RadiX-Net with node-layer widths ``n_0, ..., n_L`` and out-degrees ``D_0, ..., D_{L-1}``
+    (the papers' "reduced format"), as ``L`` boolean ``(n_{i+1}, n_i)`` CSR masks.
+
+    ``N' = gcd(n_0, ..., n_L)``, ``B_i = n_i / N'`` and the radices ``r_i = D_i / B_{i+1}``; the
+    radices, in order, must form an extended mixed radix of ``N'`` (lists whose product is
+    ``N'``, a list closing as soon as it reaches ``N'``, then possibly one whose product divides
+    ``N'``). The result is ``radix_net(lists, B)``: layer ``i`` has out-degree ``D_i`` and
+    in-degree ``B_i r_i = D_i n_i / n_{i+1}`` for every neuron, and every input reaches every
+    output by the same number of paths. Example: ``radix_widths([800, 300, 100], [30, 10])`` is
+    ``radix_net([[10, 10]], B=[8, 3, 1])`` (N' = 100), the network behind :func:`lenet300_radix`.
+
+    Raises ValueError naming what does not divide: a ``D_i`` that is not a multiple of
+    ``B_{i+1}``, or a radix that does not divide what ``N'`` leaves for it. Cost and size limits:
+    those of :func:`radix_net`.
+    """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) < 2:
+        raise ValueError(f"widths must list at least two node-layer widths n_0, n_1, ..., got {widths!r}")
+    widths = [_check_int(n, f"widths[{i}]", 1) for i, n in enumerate(widths)]
+    n_layers = len(widths) - 1
+    if (isinstance(out_degrees, (str, bytes)) or not hasattr(out_degrees, "__len__")
+            or len(out_degrees) != n_layers):
+        raise ValueError(f"out_degrees must list one out-degree per layer, {n_layers} for "
+                         f"{len(widths)} widths, got {out_degrees!r}")
+    out_degrees = [_check_int(d, f"out_degrees[{i}]", 1) for i, d in enumerate(out_degrees)]
+    n_prime = math.gcd(*widths)
+    B = [n // n_prime for n in widths]
+    for i, d in enumerate(out_degrees):
+        if d % B[i + 1]:
+            raise ValueError(
+                f"out_degrees[{i}] = {d} is not a multiple of B[{i + 1}] = widths[{i + 1}] / N' = "
+                f"{widths[i + 1]} / {n_prime} = {B[i + 1]} (N' = gcd(widths) = {n_prime}): layer "
+                f"{i}'s out-degree is B[{i + 1}] times its radix"
+            )
+    radices = [d // B[i + 1] for i, d in enumerate(out_degrees)]
+    lists = _split_radices(
+        radices, n_prime, lambda i: f"radix {i} (out_degrees[{i}] / B[{i + 1}] = "
+                                    f"{out_degrees[i]} / {B[i + 1]})")
+    return radix_net(lists, B=B, progress=progress)
+
+
+def _divisors(n: int) -> list:
+    """The divisors of ``n >= 1``, increasing (trial division up to sqrt(n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
+
+
+def _radix_input_layer(n_prime: int, radix: int, b_in: int, b_out: int, n_inputs: int) -> sp.csr_matrix:
+    """The first layer of :func:`radix_mlp`: ``_radix_layer(N', radix, 1, b_in, b_out)`` on a
+    padded input of ``n_pad = b_in N'`` positions, keeping only the ``n_inputs`` columns at the
+    evenly spaced positions ``q_p = floor(p n_pad / n_inputs)`` (column ``q_p`` becomes ``p``).
+    Shape ``(b_out N', n_inputs)``.
+
+    Built on the kept columns only, never the padded layer: row ``(b', r)`` reads, in each input
+    block ``b``, the window ``b N' + [r, r + radix)`` wrapping at ``N'``, i.e. the two ranges
+    ``b N' + [0, r + radix - N')`` and ``b N' + [r, min(r + radix, N'))`` of padded positions,
+    whose kept inputs are two ranges of ``p`` (``q`` is increasing: one searchsorted each).
+    Cost O(nnz + N' b_in) time and memory.
+    """
+    n_pad = b_in * n_prime
+    q = np.arange(n_inputs, dtype=np.int64) * n_pad // n_inputs  # (n_inputs,) increasing
+    r = np.arange(n_prime, dtype=np.int64)[:, None]  # (N', 1) rows of one output block
+    block = (np.arange(b_in, dtype=np.int64) * n_prime)[None, :]  # (1, b_in)
+    lo = np.stack(np.broadcast_arrays(block, block + r), axis=-1)  # (N', b_in, 2) range starts
+    hi = np.stack(np.broadcast_arrays(block + np.maximum(r + radix - n_prime, 0),
+                                      block + np.minimum(r + radix, n_prime)), axis=-1)
+    first = np.searchsorted(q, lo.reshape(-1))
+    lengths = np.searchsorted(q, hi.reshape(-1)) - first  # kept inputs per range, row-major
+    cols = (np.repeat(first, lengths) + _ragged_arange(lengths)).astype(np.int32)
+    row_counts = lengths.reshape(n_prime, -1).sum(axis=1)  # in-degree of each row of a block
+    indptr = np.zeros(b_out * n_prime + 1, dtype=np.int64)
+    np.cumsum(np.tile(row_counts, b_out), out=indptr[1:])
+    return _csr(indptr, np.tile(cols, b_out), (b_out * n_prime, n_inputs))
+
+
+def radix_mlp(n_inputs: int, widths, fan_in: int, *, progress: bool = True) -> list:
+    """RadiX-Net masks for a sparse MLP ``n_inputs -> widths[0] -> ... -> widths[-1]`` whose
+    hidden layers all have in-degree ``fan_in``. Returns ``len(widths)`` boolean CSR masks,
+    shapes ``(widths[0], n_inputs)``, ``(widths[1], widths[0])``, ...
+
+    The hidden node layers are those of one RadiX-Net: ``N' = gcd(widths)``, ``B_k =
+    widths[k] / N'``. Hidden layer ``k -> k + 1`` has the radix ``fan_in / B_k`` (so ``B_k``
+    must divide ``fan_in``): in-degree exactly ``fan_in``, out-degree ``fan_in B_{k+1} / B_k``.
+
+    The inputs need not divide by ``N'`` (784 pixels into 262,144-wide layers): as
+    :func:`lenet300_radix` cuts 800 inputs to 784, the input layer is a RadiX layer on a padded
+    input of ``n_pad = B_0' N'`` positions (``B_0' = ceil(n_inputs / N')``), of which only
+    ``n_inputs`` are kept, at the evenly spaced positions ``floor(p n_pad / n_inputs)``. Its
+    radix ``r_0`` (place 1: output ``r`` reads the window ``[r, r + r_0)`` of every padded
+    block) is the divisor of ``N'`` for which ``r_0, fan_in / B_0, fan_in / B_1, ...`` form an
+    extended mixed radix of ``N'`` (lists of product ``N'``, the last one's product dividing
+    ``N'``: equal path counts between all connected pairs) and the first layer's mean in-degree
+    ``r_0 n_inputs / N'`` is closest to ``fan_in``. The kept inputs being evenly spaced, every
+    first-layer neuron sees about that many (floor or ceil of it when ``B_0' = 1``), and none is
+    left without inputs. Example: 784 inputs, widths ``[2**18] * 4``, fan-in 32: ``N' = 2**18``,
+    radices ``[[8192, 32], [32, 32]]``, first-layer in-degree 24 or 25 (mean 784 / 32 = 24.5),
+    hidden in-degree 32; for 2**k-wide layers at fan-in 32 the first layer always has 24.5.
+
+    Raises ValueError when there are fewer than two hidden layers (a RadiX-Net of one layer
+    connects everything to everything), when a ``B_k`` does not divide ``fan_in``, or when no
+    ``r_0`` completes a valid mixed radix. Cost O(nnz + N' B_0') time; memory: the masks plus
+    the first layer's ``(N' B_0')``-row temporaries; refused like :func:`radix_net` when that
+    exceeds :func:`available_memory` (:class:`TopologyTooLarge`).
+    """
+    n_inputs = _check_int(n_inputs, "n_inputs", 1)
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) < 2:
+        raise ValueError(f"a RadiX-Net MLP needs at least two hidden widths (one RadiX layer alone "
+                         f"connects every input to every output), got widths={widths!r}")
+    widths = [_check_int(w, f"widths[{k}]", 1) for k, w in enumerate(widths)]
+    fan_in = _check_int(fan_in, "fan_in", 1)
+    n_prime = math.gcd(*widths)
+    B = [w // n_prime for w in widths]
+    for k in range(len(widths) - 1):
+        if fan_in % B[k]:
+            raise ValueError(
+                f"fan_in = {fan_in} is not a multiple of B[{k}] = widths[{k}] / N' = {widths[k]} / "
+                f"{n_prime} = {B[k]} (N' = gcd(widths)): hidden layer {k + 1}'s in-degree is "
+                f"B[{k}] times its radix; use widths with a larger common divisor or another fan_in"
+            )
+    hidden = [fan_in // B[k] for k in range(len(widths) - 1)]
+    b_pad = -(-n_inputs // n_prime)  # padded input blocks
+    best = None
+    for d in _divisors(n_prime):
+        try:
+            lists = _split_radices([d] + hidden, n_prime, str)
+        except ValueError:
+            continue
+        key = (abs(d * n_inputs / n_prime - fan_in), -d)  # mean first-layer in-degree vs fan_in
+        if best is None or key < best[0]:
+            best = (key, d, lists)
+    if best is None:
+        raise ValueError(
+            f"fan_in = {fan_in} gives the hidden layers the radices {hidden} (fan_in / B), and no "
+            f"first-layer radix r_0 (a divisor of N' = gcd(widths) = {n_prime}) makes [r_0] + "
+            f"{hidden} an extended mixed radix of N' (lists of product N', the last dividing N'); "
+            f"choose widths and fan_in so that the radices multiply up to N'"
+        )
+    _, r0, lists = best
+    first_nnz = n_inputs * B[0] * r0  # every kept input keeps its out-degree B_0 r_0
+    first_cost = _LayerCost(widths[0], n_inputs, first_nnz, _mask_bytes(widths[0], first_nnz),
+                            _DRAW_BYTES_PER_ENTRY * first_nnz // B[0] + 96 * n_prime * b_pad)
+    places = [p for radices in lists for p in itertools.accumulate([1] + radices[:-1], operator.mul)]
+    costs = [first_cost] + [_radix_cost(n_prime, r, B[k], B[k + 1]) for k, r in enumerate(hidden)]
+    _check_fits(f"RadiX-Net MLP {n_inputs}-{'-'.join(map(str, widths))} with N' = {n_prime:,}",
+                costs, "use narrower widths or a smaller fan_in")
+    masks = []
+    with _progress("radix_mlp", progress, total=len(widths)) as bar:
+        masks.append(_radix_input_layer(n_prime, r0, b_pad, B[0], n_inputs))
+        bar.update()
+        for k, r in enumerate(hidden):
+            masks.append(_radix_layer(n_prime, r, places[k + 1], B[k], B[k + 1]))
+            bar.update()
     return masks
 
 
@@ -478,85 +704,166 @@ PRESETS = {"radix": lenet300_radix, "radix-wide": lenet300_radix_wide}
 # --------------------------------------------------------------------------------------------
 
 
-def _reject_subsets(sizes, counts, rng):
-    """Row ``r``: a uniform random ``counts[r]``-subset of ``range(sizes[r])``; counts <= sizes/2.
+# The random generators draw, sort and write at most this many entries at a time (a longer row is
+# a chunk of its own). Each chunk's int64 temporaries take ~_CHUNK_BYTES_PER_ENTRY bytes per
+# entry, so a big layer's peak is its finished mask plus ~60 MiB, not a multiple of its nnz.
+_CHUNK = 2**20
 
-    Returns ``(keys, stride)``: the sorted keys ``r * stride + value`` (int64, ``sum(counts)``)
-    and ``stride = max(sizes)``. Each round draws, per row, as many values as the row still
+
+def _ragged_arange(lengths: np.ndarray) -> np.ndarray:
+    """``[0, 1, .., lengths[0]-1, 0, 1, .., lengths[1]-1, ...]`` (int64): each entry's rank in its row."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+
+
+def _chunks(lengths: np.ndarray, limit: int = _CHUNK):
+    """Consecutive runs ``(lo, hi)`` of rows holding at most ``limit`` entries (at least one row)."""
+    cum = np.cumsum(lengths)
+    lo = 0
+    while lo < len(lengths):
+        before = int(cum[lo - 1]) if lo else 0
+        hi = max(int(np.searchsorted(cum, before + limit, side="right")), lo + 1)
+        yield lo, hi
+        lo = hi
+
+
+def _draw_round(indices, starts, sizes, have, counts, rng) -> np.ndarray:
+    """One rejection round for a chunk of ``m`` rows; returns the new ``have`` (int64, (m,)).
+
+    Row ``r`` holds ``have[r]`` distinct values, sorted, at ``indices[starts[r]:]``; it draws
+    ``counts[r] - have[r]`` more uniformly from ``range(sizes[r])`` and keeps the union, sorted,
+    in the same place. Keys ``r * stride + value`` (int64) sort and deduplicate every row at once.
+    """
+    m = len(starts)
+    missing = counts - have
+    if not have.any() and np.all(counts == counts[0]) and np.all(sizes == sizes[0]) \
+            and np.all(np.diff(starts) == counts[0]):
+        return _draw_first_round(indices, int(starts[0]), m, int(counts[0]), int(sizes[0]), rng)
+    draws = rng.integers(0, np.repeat(sizes, missing))  # the round's stream, row after row
+    stride = max(int(sizes.max()), 1)
+    row_key = np.arange(m, dtype=np.int64) * stride
+    keys = np.repeat(row_key, missing) + draws
+    if have.any():
+        held = indices[np.repeat(starts, have) + _ragged_arange(have)]
+        keys = np.concatenate((np.repeat(row_key, have) + held, keys))
+    keys.sort()
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # sort-based unique: fast
+    row = keys // stride
+    new_have = np.bincount(row, minlength=m)
+    indices[starts[row] + _ragged_arange(new_have)] = keys - row * stride
+    return new_have
+
+
+def _draw_first_round(indices, start: int, m: int, k: int, size: int, rng) -> np.ndarray:
+    """:func:`_draw_round` for ``m`` rows that hold nothing yet, each drawing ``k`` values of
+    ``range(size)`` into consecutive slots ``indices[start + r k : start + (r + 1) k]`` (fixed fan-in).
+
+    The same draws as the general round (``rng.integers`` with one bound or a repeated one
+    yields the same stream), but sorted as an int32 ``(m, k)`` array, row by row, which is about
+    ten times faster than sorting int64 keys. Only the rows that drew a value twice (rare when
+    ``k`` is far below ``size``) are deduplicated one by one.
+    """
+    block = indices[start: start + m * k].reshape(m, k)
+    block[...] = rng.integers(0, size, size=(m, k), dtype=np.int32)
+    block.sort(axis=1)
+    have = np.full(m, k, dtype=np.int64)
+    twice = np.flatnonzero((block[:, 1:] == block[:, :-1]).any(axis=1))
+    if twice.size:
+        rows = block[twice]  # (t, k), sorted
+        first = np.ones(rows.shape, dtype=bool)
+        first[:, 1:] = rows[:, 1:] != rows[:, :-1]
+        have[twice] = first.sum(axis=1)
+        # row-major order keeps each row's distinct values together and sorted
+        indices[np.repeat(start + twice * k, have[twice]) + _ragged_arange(have[twice])] = rows[first]
+    return have
+
+
+def _reject_into(indices, starts, sizes, counts, rng) -> None:
+    """Row ``r``: a uniform random ``counts[r]``-subset of ``range(sizes[r])``, counts <= sizes/2,
+    written sorted to ``indices[starts[r] : starts[r] + counts[r]]``.
+
+    Rejection in rounds: each round draws, for every row still short, as many values as the row
     lacks and keeps the new distinct ones. The procedure commutes with every relabelling of
     ``range(size)``, so the final set is uniform over subsets; with ``counts <= sizes / 2`` at
     least half of the draws succeed, so the deficit shrinks geometrically (about log2(max
-    count) rounds).
-    Cost O(nnz log nnz) time, O(nnz) memory.
+    count) rounds). A round visits its rows in chunks of at most ``_CHUNK`` entries, in row
+    order, and finishes before the next begins: the generator's stream is consumed exactly as
+    by one vectorised round over all rows, so the chunk size changes no result.
+    Cost O(nnz log _CHUNK) time; memory: ``indices``, 8 bytes per row, and one chunk.
     """
-    n_rows = len(counts)
-    stride = max(int(sizes.max()), 1) if n_rows else 1
-    keys = np.empty(0, dtype=np.int64)
-    deficit = counts.astype(np.int64)
+    have = np.zeros(len(counts), dtype=np.int64)
     while True:
-        need = np.flatnonzero(deficit)
+        need = np.flatnonzero(have < counts)
         if need.size == 0:
-            return keys, stride
-        rows = np.repeat(need, deficit[need])
-        cand = np.sort(rows * stride + rng.integers(0, sizes[rows]))
-        cand = cand[np.concatenate(([True], cand[1:] != cand[:-1]))]  # sort-based unique: fast
-        if keys.size:
-            pos = np.minimum(np.searchsorted(keys, cand), keys.size - 1)
-            cand = cand[keys[pos] != cand]
-        # keys and cand are both sorted: the stable sort (timsort) merges two runs in O(n).
-        keys = np.sort(np.concatenate((keys, cand)), kind="stable")
-        deficit -= np.bincount(cand // stride, minlength=n_rows)
+            return
+        for lo, hi in _chunks(counts[need]):
+            rows = need[lo:hi]
+            have[rows] = _draw_round(indices, starts[rows], sizes[rows], have[rows], counts[rows], rng)
+
+
+def _complement_into(indices, starts, sizes, n_excluded) -> None:
+    """Row ``r`` holds ``n_excluded[r]`` values of ``range(sizes[r])``, sorted, at
+    ``indices[starts[r]:]``; overwrite it with the other ``sizes[r] - n_excluded[r]`` values,
+    sorted. Chunked like :func:`_reject_into`; O(sum(sizes)) time."""
+    for lo, hi in _chunks(sizes):
+        st, sz, ex = starts[lo:hi], sizes[lo:hi], n_excluded[lo:hi]
+        excluded = indices[np.repeat(st, ex) + _ragged_arange(ex)]
+        first = np.cumsum(sz) - sz  # where each row's candidates begin in `keep`
+        keep = np.ones(int(sz.sum()), dtype=bool)
+        keep[np.repeat(first, ex) + excluded] = False
+        indices[np.repeat(st, sz - ex) + _ragged_arange(sz - ex)] = _ragged_arange(sz)[keep]
+
+
+def _subsets_into(indices, starts, sizes, counts, rng) -> None:
+    """Row ``r``: a uniform random ``counts[r]``-subset of ``range(sizes[r])``, any counts <= sizes,
+    written sorted to ``indices[starts[r] : starts[r] + counts[r]]`` (an int array of any width).
+
+    Rows asking for more than half of their range draw the values they *exclude* instead and
+    keep the complement (O(sizes[r]) <= O(2 counts[r]) work for such a row), so rejection
+    always runs at >= 50% acceptance. The rows that draw directly go first, then the others.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    dense = 2 * counts > sizes
+    if not dense.any():
+        _reject_into(indices, starts, sizes, counts, rng)
+        return
+    direct = np.flatnonzero(~dense)
+    _reject_into(indices, starts[direct], sizes[direct], counts[direct], rng)
+    rows = np.flatnonzero(dense)
+    st, sz = starts[rows], sizes[rows]
+    n_excluded = sz - counts[rows]
+    _reject_into(indices, st, sz, n_excluded, rng)
+    _complement_into(indices, st, sz, n_excluded)
 
 
 def _random_subsets(sizes, counts, rng):
     """Row ``r``: a uniform random ``counts[r]``-subset of ``range(sizes[r])``, any counts <= sizes.
 
-    Returns ``(rows, values)`` (int64, row-major sorted). Rows asking for more than half of
-    their range draw the *excluded* values instead and keep the complement (O(sizes[r]) <=
-    O(2 counts[r]) work for such a row), so rejection always runs at >= 50% acceptance.
+    Returns ``(rows, values)`` (int64, row-major sorted); see :func:`_subsets_into`.
     """
-    sizes = np.asarray(sizes, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
-    dense = 2 * counts > sizes
-    out_rows, out_vals = [], []
-
-    sparse_rows = np.flatnonzero(~dense)
-    keys, stride = _reject_subsets(sizes[sparse_rows], counts[sparse_rows], rng)
-    out_rows.append(sparse_rows[keys // stride])
-    out_vals.append(keys % stride)
-
-    dense_rows = np.flatnonzero(dense)
-    if dense_rows.size:
-        d_sizes = sizes[dense_rows]
-        excluded, stride = _reject_subsets(d_sizes, d_sizes - counts[dense_rows], rng)
-        # All (row, value) pairs of the dense rows, laid out row after row; strike the excluded.
-        start = np.concatenate(([0], np.cumsum(d_sizes)))
-        local_row = np.repeat(np.arange(dense_rows.size), d_sizes)
-        value = np.arange(start[-1], dtype=np.int64) - start[local_row]
-        keep = np.ones(start[-1], dtype=bool)
-        keep[start[excluded // stride] + excluded % stride] = False
-        out_rows.append(dense_rows[local_row[keep]])
-        out_vals.append(value[keep])
-
-    if len(out_rows) == 1:  # only sparse rows: the keys came out row-major sorted already
-        return out_rows[0], out_vals[0]
-    rows = np.concatenate(out_rows)
-    vals = np.concatenate(out_vals)
-    order = np.lexsort((vals, rows))
-    return rows[order], vals[order]
-
-
-def _rows_to_csr(rows, cols, shape) -> sp.csr_matrix:
-    """Row-major sorted (rows, cols) without duplicates -> boolean CSR."""
-    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
-    return _csr(indptr, cols, shape)
+    values = np.empty(int(counts.sum()), dtype=np.int64)
+    _subsets_into(values, np.cumsum(counts) - counts, sizes, counts, rng)
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts), values
 
 
 def _random_rows(n_out: int, n_in: int, counts, rng) -> sp.csr_matrix:
-    """Mask ``(n_out, n_in)``; row ``r`` is a uniform random ``counts[r]``-subset of the inputs."""
-    rows, cols = _random_subsets(np.full(n_out, n_in, dtype=np.int64), counts, rng)
-    return _rows_to_csr(rows, cols, (n_out, n_in))
+    """Mask ``(n_out, n_in)``; row ``r`` is a uniform random ``counts[r]``-subset of the inputs,
+    drawn straight into the mask's int32 ``indices`` (see :func:`_subsets_into`)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    indptr = np.zeros(n_out + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    if indptr[-1] > _INT32_MAX:  # binomial counts can overshoot the expected nnz
+        raise TopologyTooLarge(
+            f"a layer of shape {(n_out, n_in)} with {int(indptr[-1]):,} connections does not fit "
+            "sparsenn's int32 CSR indices (at most 2**31 - 1)"
+        )
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    _subsets_into(indices, indptr[:-1], np.full(n_out, n_in, dtype=np.int64), counts, rng)
+    return _csr(indptr, indices, (n_out, n_in))
 
 
 def _check_density(density) -> float:
@@ -573,14 +880,15 @@ def random_sparse(n_out: int, n_in: int, density: float, rng) -> sp.csr_matrix:
     """A Bernoulli mask ``(n_out, n_in)``: each connection present independently with ``density``.
 
     Drawn as row counts ``~ Binomial(n_in, density)`` and then a uniform subset of that size per
-    row, which is the same distribution without touching all ``n_out * n_in`` entries.
-    Cost O(nnz + n_out) memory, O(nnz log nnz) time.
+    row, which is the same distribution without touching all ``n_out * n_in`` entries. The
+    subsets are drawn straight into the mask's int32 ``indices``, a chunk of rows at a time
+    (:func:`_subsets_into`). Cost O(nnz log nnz) time; memory: the mask plus ~100 bytes per
+    output neuron and one chunk (~64 MiB at most).
 
     Too large: raises :class:`TopologyTooLarge` before drawing when the expected nnz
-    ``density * n_out * n_in`` exceeds int32 CSR indices, or when the estimated memory
-    ``45 nnz + 44 n_out + 40 n_in`` bytes (plus ``32 n_out n_in`` from density 0.4 up, where
-    rows over half full are drawn as complements; see :func:`_drawn_cost`) exceeds
-    :func:`available_memory`.
+    ``density * n_out * n_in`` exceeds int32 CSR indices, or when the estimated memory, the
+    mask's ``5 nnz + 4 n_out`` bytes plus :func:`_drawn_cost`'s temporaries (from density 0.4
+    up every row counts as drawn by complement), exceeds :func:`available_memory`.
     """
     _check_rng(rng)
     n_out = _check_int(n_out, "n_out", 1)
@@ -589,6 +897,42 @@ def random_sparse(n_out: int, n_in: int, density: float, rng) -> sp.csr_matrix:
     _check_fits(f"random_sparse {n_out:,} x {n_in:,} at density {density:g}",
                 [_bernoulli_cost(n_out, n_in, density)], "use a lower density or fewer neurons")
     counts = rng.binomial(n_in, density, size=n_out)
+    return _random_rows(n_out, n_in, counts, rng)
+
+
+def random_fan_in(n_out: int, n_in: int, fan_in, rng) -> sp.csr_matrix:
+    """A random mask ``(n_out, n_in)`` with a fixed in-degree: output ``r`` gets exactly
+    ``fan_in`` distinct inputs (or ``fan_in[r]``, given an ``(n_out,)`` array), uniformly at
+    random without replacement, independently of the other outputs. Out-degrees are binomial.
+
+    The draws go straight into the mask's int32 ``indices``, a chunk of rows at a time
+    (:func:`_subsets_into`); ``random_equivalent(masks, rng, fixed_fan_in=True)`` draws its layers
+    the same way, so both give the same mask for the same generator state. Cost O(nnz log
+    fan_in) time; memory: the mask plus ~100 bytes per output neuron and one chunk (~64 MiB).
+    A 10^6 x 10^6 layer at fan-in 100 (10^8 connections) takes about a second.
+
+    Too large: raises :class:`TopologyTooLarge` before drawing when the nnz exceeds int32 CSR
+    indices or the estimated memory (:func:`_drawn_cost`) exceeds :func:`available_memory`.
+    """
+    _check_rng(rng)
+    n_out = _check_int(n_out, "n_out", 1)
+    n_in = _check_int(n_in, "n_in", 1)
+    if np.ndim(fan_in) == 0:
+        k = _check_int(fan_in, "fan_in", 1, n_in)
+        counts = np.full(n_out, k, dtype=np.int64)
+    else:
+        counts = np.asarray(fan_in)
+        if counts.shape != (n_out,) or counts.dtype.kind not in "iu":
+            raise ValueError(f"fan_in must be an integer or an integer array of shape ({n_out},), "
+                             f"got {counts.dtype} array of shape {counts.shape}")
+        counts = counts.astype(np.int64)
+        bad = np.flatnonzero((counts < 0) | (counts > n_in))
+        if bad.size:
+            raise ValueError(f"fan_in[{bad[0]}] = {counts[bad[0]]} is outside [0, n_in = {n_in}]")
+    nnz = int(counts.sum())
+    _check_fits(f"random_fan_in {n_out:,} x {n_in:,} with {nnz:,} connections",
+                [_drawn_cost(n_out, n_in, nnz, bool(np.any(2 * counts > n_in)))],
+                "use a lower fan_in or fewer neurons")
     return _random_rows(n_out, n_in, counts, rng)
 
 
@@ -603,20 +947,20 @@ def xnet(n_out: int, n_in: int, in_degree: int, rng) -> sp.csr_matrix:
     drawn uniformly among those it does not yet have. Hence when ``in_degree * n_out >= n_in``
     every input feeds at least one output, and otherwise no input feeds two. (The result is not
     exactly uniform over all such graphs: the deal spreads out-degrees more evenly.)
-    Cost O(n_out * in_degree + n_in) memory.
+    Cost O(nnz log nnz + n_in log n_in) time; memory: the mask plus ~100 bytes per neuron and
+    one chunk of draws (the top-ups are drawn into the mask's ``indices``, then each row's seeds
+    are put in and the row sorted, a chunk of rows at a time).
 
     Too large: raises :class:`TopologyTooLarge` before drawing when ``nnz = n_out * in_degree``
-    exceeds int32 CSR indices, or when the estimated memory ``85 nnz + 44 n_out + 40 n_in``
-    bytes (plus ``32 n_out n_in`` when ``2 in_degree > n_in``; see :func:`_drawn_cost`)
-    exceeds :func:`available_memory`.
+    exceeds int32 CSR indices, or when the estimated memory, the mask's ``5 nnz + 4 n_out``
+    bytes plus :func:`_drawn_cost`'s temporaries, exceeds :func:`available_memory`.
     """
     _check_rng(rng)
     n_out = _check_int(n_out, "n_out", 1)
     n_in = _check_int(n_in, "n_in", 1)
     in_degree = _check_int(in_degree, "in_degree", 1, n_in)
     _check_fits(f"xnet {n_out:,} x {n_in:,} with in-degree {in_degree:,}",
-                [_drawn_cost(n_out, n_in, n_out * in_degree, 2 * in_degree > n_in,
-                             _XNET_BYTES_PER_NNZ)],
+                [_drawn_cost(n_out, n_in, n_out * in_degree, 2 * in_degree > n_in)],
                 "use a lower in-degree or fewer neurons")
 
     # The deal: slot t takes input in_order[t] to output out_order[t % n_out].
@@ -629,18 +973,29 @@ def xnet(n_out: int, n_in: int, in_degree: int, rng) -> sp.csr_matrix:
     n_seeds = np.bincount(seed_rows, minlength=n_out)
     seed_ptr = np.concatenate(([0], np.cumsum(n_seeds)))
 
-    # Top up: row r draws in_degree - s_r of its n_in - s_r unseeded inputs, as positions a in
-    # range(n_in - s_r). With the row's seeds sorted, s_0 < s_1 < ..., and t_k = s_k - k, the
-    # a-th unseeded input is a + #{k : t_k <= a}; keyed per row this is one searchsorted.
-    rows, a = _random_subsets(n_in - n_seeds, in_degree - n_seeds, rng)
-    stride = n_in + 1  # t_k and a are both in [0, n_in]
+    # Row r owns the slots indices[r k : (r + 1) k] (k = in_degree): its s_r seeds, then its
+    # top-up. Top up: row r draws k - s_r of its n_in - s_r unseeded inputs, as positions a in
+    # range(n_in - s_r), into its last k - s_r slots.
+    k = in_degree
+    indices = np.empty(n_out * k, dtype=np.int32)
+    _subsets_into(indices, k * np.arange(n_out, dtype=np.int64) + n_seeds, n_in - n_seeds,
+                  k - n_seeds, rng)
+    # With the row's seeds sorted, s_0 < s_1 < ..., and t_j = s_j - j, the a-th unseeded input is
+    # a + #{j : t_j <= a}; keyed per row this is one searchsorted. Then the seeds go into the
+    # first slots and each row is sorted, a chunk of rows at a time.
+    stride = n_in + 1  # t_j and a are both in [0, n_in]
     t_keys = seed_rows * stride + (seed_cols - (np.arange(n_dealt) - seed_ptr[seed_rows]))
-    cols = a + np.searchsorted(t_keys, rows * stride + a, side="right") - seed_ptr[rows]
-
-    all_rows = np.concatenate((seed_rows, rows))
-    all_cols = np.concatenate((seed_cols, cols))
-    order = np.lexsort((all_cols, all_rows))
-    return _rows_to_csr(all_rows[order], all_cols[order], (n_out, n_in))
+    rows_per_chunk = max(1, _CHUNK // k)
+    for lo in range(0, n_out, rows_per_chunk):
+        hi = min(lo + rows_per_chunk, n_out)
+        block = indices[lo * k: hi * k].reshape(hi - lo, k)  # (rows, k) view
+        seeded = np.arange(k)[None, :] < n_seeds[lo:hi, None]  # (rows, k): the seeds' slots
+        rows = np.broadcast_to(np.arange(lo, hi)[:, None], block.shape)[~seeded]
+        a = block[~seeded].astype(np.int64)
+        block[~seeded] = a + np.searchsorted(t_keys, rows * stride + a, side="right") - seed_ptr[rows]
+        block[seeded] = seed_cols[seed_ptr[lo]: seed_ptr[hi]]  # row-major: by row, then column
+        block.sort(axis=1)
+    return _csr(k * np.arange(n_out + 1, dtype=np.int64), indices, (n_out, n_in))
 
 
 def random_equivalent(masks, rng, fixed_fan_in: bool = False, *, progress: bool = True) -> list:
@@ -663,8 +1018,8 @@ def random_equivalent(masks, rng, fixed_fan_in: bool = False, *, progress: bool 
                  for m in masks]
     fan_ins = [min(round(d * m.shape[1]), m.shape[1]) for d, m in zip(densities, masks)]
     if fixed_fan_in:
-        costs = [_drawn_cost(m.shape[0], m.shape[1], m.shape[0] * k, 2 * k > m.shape[1],
-                             _DRAW_BYTES_PER_NNZ) for m, k in zip(masks, fan_ins)]
+        costs = [_drawn_cost(m.shape[0], m.shape[1], m.shape[0] * k, 2 * k > m.shape[1])
+                 for m, k in zip(masks, fan_ins)]
     else:
         costs = [_bernoulli_cost(*m.shape, d) for m, d in zip(masks, densities)]
     _check_fits("random equivalent", costs, "use a smaller or sparser stack")
@@ -976,7 +1331,7 @@ class _Parser(argparse.ArgumentParser):
 # Options whose value is a comma-separated list. argparse takes a value such as "-2,2" for an
 # option (only plain negative numbers like "-2" count as values), so main() glues such a value
 # to its option, "--radices=-2,2", and the list's own check can say what is wrong with it.
-_LIST_OPTIONS = ("--radices", "--widths", "--B", "--trim")
+_LIST_OPTIONS = ("--radices", "--widths", "--B", "--trim", "--out-degrees")
 
 
 def _glue_negative_lists(argv: list) -> list:
@@ -1038,6 +1393,8 @@ def _build_parser() -> argparse.ArgumentParser:
                "  python -m sparsenn.topology radix --radices 2x6 --repeat 20 --B 16x121\n"
                "  python -m sparsenn.topology preset radix-wide --save lenet_wide.npz\n"
                "  python -m sparsenn.topology xnet --widths 784,300,100 --in-degree 32 --seed 0\n"
+               "  python -m sparsenn.topology widths --widths 800,300,100 --out-degrees 30,10\n"
+               "  python -m sparsenn.topology mlp --inputs 784 --widths 262144x4 --fan-in 32\n"
                "  python -m sparsenn.topology describe masks.npz",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1072,6 +1429,21 @@ def _build_parser() -> argparse.ArgumentParser:
                         "e.g. 8,3,1 or 16x121")
     common(p)
 
+    p = sub.add_parser("widths", help="a RadiX-Net from node widths and out-degrees (reduced format)",
+                       description="N' = gcd(widths), B_i = n_i / N', radices D_i / B_(i+1).")
+    p.add_argument("--widths", required=True, metavar="N0,N1,...", help="node-layer widths")
+    p.add_argument("--out-degrees", required=True, metavar="D0,D1,...",
+                   help="out-degree of every neuron of each layer, one per layer")
+    common(p)
+
+    p = sub.add_parser("mlp", help="the RadiX-Net of a sparse MLP: inputs -> hidden widths at a "
+                                   "fixed hidden in-degree (radix_mlp)")
+    p.add_argument("--inputs", type=int, default=784, help="input features (default 784)")
+    p.add_argument("--widths", required=True, metavar="W1,W2,...",
+                   help="hidden widths, e.g. 262144x4")
+    p.add_argument("--fan-in", required=True, type=int, help="in-degree of the hidden layers")
+    common(p)
+
     p = sub.add_parser("preset", help="a named LeNet-300-100 preset: " + ", ".join(PRESETS))
     p.add_argument("name", help="one of: " + ", ".join(PRESETS))
     common(p)
@@ -1103,6 +1475,18 @@ def _run(args) -> list:
         shown = str(lists) if len(lists) <= 4 else f"{lists[:2]} ... ({len(lists)} lists)"
         shown_b = "all 1" if B is None else B if len(B) <= 12 else f"{B[:6]} ... ({len(B)} widths)"
         print(f"RadiX-Net: radices {shown}, N' = {math.prod(lists[0])}, B = {shown_b}")
+    elif args.command == "widths":
+        widths = _int_list(args.widths, "--widths")
+        degrees = _int_list(args.out_degrees, "--out-degrees", "out-degree")
+        masks = radix_widths(widths, degrees)
+        n_prime = math.gcd(*widths)
+        print(f"RadiX-Net (reduced format): widths {widths}, out-degrees {degrees}, N' = {n_prime}, "
+              f"B = {[w // n_prime for w in widths]}")
+    elif args.command == "mlp":
+        widths = _int_list(args.widths, "--widths")
+        masks = radix_mlp(args.inputs, widths, args.fan_in)
+        print(f"RadiX-Net MLP: {args.inputs} inputs -> hidden widths {widths}, hidden in-degree "
+              f"{args.fan_in}, N' = {math.gcd(*widths)} (the dense logits layer is the model's)")
     elif args.command == "preset":
         if args.name not in PRESETS:
             raise ValueError(f"unknown preset {args.name!r}; choose one of {', '.join(PRESETS)}")
@@ -1118,7 +1502,7 @@ def _run(args) -> list:
         # Refuse the whole stack up front: xnet and random_sparse only see one layer each.
         if args.command == "xnet":
             k = _check_int(args.in_degree, "--in-degree", 1, min(widths[:-1]))
-            costs = [_drawn_cost(o, i, o * k, 2 * k > i, _XNET_BYTES_PER_NNZ) for i, o in pairs]
+            costs = [_drawn_cost(o, i, o * k, 2 * k > i) for i, o in pairs]
             _check_fits(f"X-Net with in-degree {k:,}", costs,
                         "use a lower --in-degree or fewer or narrower --widths")
             masks = [xnet(o, i, k, rng) for i, o in _progress("xnet", True, pairs)]

@@ -39,7 +39,8 @@ def no_allocation(monkeypatch):
     """Make the generators' allocating steps fail, to prove a refusal came before them."""
     def fail(*args, **kwargs):
         raise AssertionError("the generator started allocating before refusing")
-    for name in ("_radix_layer", "_random_rows", "_random_subsets"):
+    for name in ("_radix_layer", "_radix_input_layer", "_random_rows", "_random_subsets",
+                 "_subsets_into"):
         monkeypatch.setattr(T, name, fail)
 
 
@@ -80,17 +81,17 @@ def test_available_memory_reads_meminfo_and_falls_back(monkeypatch):
 
 def test_radix_net_states_its_estimate_and_refuses_before_allocating(machine, no_allocation):
     # radix_net([[4096]]): N' = 4096, one layer of 4096 * 4096 = 16,777,216 connections.
-    # kept  = 5 nnz + 4 (n_out + 1) + 2048                 =  83,904,516 bytes
-    # extra = 8 N' (1 + 4096) + 12 N' * 1 * 4096 + 8 (n_out + 1) = 335,609,864 bytes
-    # need  = 419,514,380 bytes = 400.1 MiB, the docstring's formula
+    # kept  = 5 nnz + 4 (n_out + 1) + 2048 = 83,904,516 bytes
+    # extra = 4 N' (one block of int32 row numbers) = 16,384 bytes
+    # need  = 83,920,900 bytes = 80.0 MiB, the docstring's formula
     machine(64 * MiB)
     with pytest.raises(ValueError, match="available") as e:
         T.radix_net([[4096]])
     assert isinstance(e.value, T.TopologyTooLarge)
     msg = str(e.value)
-    assert "about 400.1 MiB of memory (64.0 MiB available)" in msg
+    assert "about 80.0 MiB of memory (64.0 MiB available)" in msg
     assert "16,777,216 connections" in msg and "smaller radices" in msg and "smaller B" in msg
-    machine(401 * MiB)  # just enough: the check lets it through (to the patched builder)
+    machine(81 * MiB)  # just enough: the check lets it through (to the patched builder)
     with pytest.raises(AssertionError, match="started allocating"):
         T.radix_net([[4096]])
 
@@ -104,11 +105,12 @@ def test_radix_net_int32_refusal_also_states_memory(machine, no_allocation):
 
 def test_random_sparse_refuses_before_allocating(machine, no_allocation, rng):
     # 4000 x 4000 at density 0.5: 8,000,000 expected connections; from density 0.4 up every row
-    # counts as drawn by complement: 45 nnz + 44 * 4000 + 40 * 4000 + 32 * 4000**2 + 6 KiB bytes.
+    # counts as drawn by complement, so one chunk of draws holds max(2**20, n_in) candidates:
+    # kept 5 nnz + 4 (4000 + 1) + 2 KiB, extra 64 * 2**20 + 96 * 4000 + 48 * 4000 bytes.
     machine(64 * MiB)
     with pytest.raises(T.TopologyTooLarge, match="lower density") as e:
         T.random_sparse(4000, 4000, 0.5, rng)
-    need = 45 * 8_000_000 + 84 * 4000 + 32 * 4000**2 + 4 + 2048
+    need = 5 * 8_000_000 + 4 * 4001 + 2048 + 64 * 2**20 + 144 * 4000
     assert f"about {need / MiB:.1f} MiB of memory (64.0 MiB available)" in str(e.value)
 
 
@@ -216,12 +218,13 @@ def test_cli_refuses_layers_beyond_int32_in_a_subprocess(argv, expected):
 
 
 def test_cli_refuses_radix_over_memory_in_a_subprocess():
+    # 2 * (5 * 10**9 + 4 * (10**6 + 1) + 2048) kept + 4 * 1000 extra = 10,008,008,104 bytes
     res = _cli(["radix", "--radices", "1000,1000"],
-               preamble="T.available_memory = lambda: 16 * 2**30")
+               preamble="T.available_memory = lambda: 8 * 2**30")
     assert res.returncode == 2, res.stderr
     err = _one_error_line(res.stderr)
-    assert "2 layers with 2,000,000,000 connections would need about 28.0 GiB of memory " \
-           "(16.0 GiB available)" in err and "smaller radices" in err
+    assert "2 layers with 2,000,000,000 connections would need about 9.3 GiB of memory " \
+           "(8.0 GiB available)" in err and "smaller radices" in err
 
 
 def test_cli_checks_a_whole_xnet_stack_before_building(machine, no_allocation, capsys):
