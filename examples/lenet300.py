@@ -5,6 +5,7 @@
     python examples/lenet300.py --mask pruned.npz --save runs/ckpt.npz
     python examples/lenet300.py --resume runs/ckpt.npz          # continue a stopped run
     python examples/lenet300.py --resume runs/ckpt.npz --epochs 40   # extend a finished one
+    python examples/lenet300.py --recipe paper --topology dense    # the 2019 study's training recipe
     mpiexec -n 2 python examples/lenet300.py --topology radix   # data-parallel, same global batch
 
 Reads top to bottom: configuration, data, model, optimiser, training, summary.
@@ -22,7 +23,7 @@ import time
 import numpy as np
 
 import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
-from sparsenn import checkpoint, cli, data, distributed, schedules
+from sparsenn import checkpoint, cli, data, distributed, recipes, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import TOPOLOGIES, layer_table, lenet300
 from sparsenn.optim import SGD, Adam
@@ -42,6 +43,8 @@ DEFAULTS = dict(
     weight_decay=5e-4,     # on weights only, and only on connections that exist
     seed=0,
 )
+# --recipe paper replaces these (and the defaults of the recipe flags) with the 2019 study's
+# values, except where a flag is given: sparsenn.recipes.PAPER
 
 
 def parse_args(argv=None):
@@ -65,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
     p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])
+    recipes.add_flags(p)
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto picks an NVIDIA GPU when one is usable (needs the gpu extra)")
     p.add_argument("--eval-every", type=cli.nonneg_int, default=0, help="also evaluate every N steps (0: epoch ends)")
@@ -81,7 +85,7 @@ def parse_args(argv=None):
 
 # on --resume: flags that belong to this invocation, and flags that may change the run's course
 LOCAL = ("device", "resume", "no_progress", "data_dir")
-CHANGEABLE = ("epochs", "save", "save_every", "metrics", "eval_every")
+CHANGEABLE = ("epochs", "steps", "save", "save_every", "metrics", "eval_every")
 
 
 def main(argv=None, comm=None) -> int:
@@ -96,12 +100,16 @@ def main(argv=None, comm=None) -> int:
         args.device = "cpu"
 
     # ---- configuration: a resumed run takes its configuration from the checkpoint ----------
-    config = vars(args).copy()
+    config = recipes.resolve(vars(args), given, args.dataset)  # --recipe's values, except flags given
     # paths absolute, so that a run resumed from another directory writes to the same files
     config.update({k: os.path.abspath(config[k]) for k in ("save", "metrics", "mask") if config[k]})
     if args.resume:
         saved = checkpoint.read_checkpoint(args.resume)["config"]
         config = cli.resume_config(saved, config, given, changeable=CHANGEABLE, local=LOCAL)
+        if "epochs" in given and "steps" not in given:
+            config["steps"] = None  # --epochs given again: the run's length is now in epochs
+    if config["steps"] is None and config["epochs"] is None:
+        config["epochs"] = DEFAULTS["epochs"]
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
     cli.check_output_paths(config, files=("save", "metrics"))  # before hours of training, not after
@@ -112,14 +120,16 @@ def main(argv=None, comm=None) -> int:
     # ---- data ------------------------------------------------------------------------------
     t0 = time.perf_counter()
     ds = data.load(config["dataset"], root=config["data_dir"])
-    arrays = ArrayData.from_dataset(ds)
+    if config["train_size"]:
+        ds = data.hold_out(ds, config["train_size"])
+    arrays = ArrayData.from_dataset(ds, standardize=config["standardize"])
     print(f"data: {ds.name} from {ds.source} ({len(arrays.x_train):,} train, {len(arrays.x_test):,} test, "
           f"{time.perf_counter() - t0:.1f} s)")
 
     # ---- model -----------------------------------------------------------------------------
     rng = np.random.default_rng(config["seed"])  # masks of random topologies and initial weights
     masks = load_masks(config["mask"]) if config["mask"] else None
-    model = lenet300(config["topology"], rng, masks=masks, fan=config["init_fan"])
+    model = lenet300(config["topology"], rng, masks=masks, **recipes.model_options(config))
     print(f"model: LeNet-300-100, topology {'mask ' + config['mask'] if masks else config['topology']}")
     print(layer_table(model))
     model.to(device)  # parameters move now; the optimiser's state is created where they are
@@ -127,7 +137,7 @@ def main(argv=None, comm=None) -> int:
 
     # ---- optimiser and schedule ------------------------------------------------------------
     steps_per_epoch = -(-len(arrays.x_train) // config["batch_size"])
-    total = config["epochs"] * steps_per_epoch
+    total = config["steps"] or config["epochs"] * steps_per_epoch
     if config["optimizer"] == "sgd":
         opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                   nesterov=config["momentum"] > 0 and not config["no_nesterov"], weight_decay=config["weight_decay"])
@@ -137,7 +147,7 @@ def main(argv=None, comm=None) -> int:
 
     # ---- train -----------------------------------------------------------------------------
     try:
-        summary = fit(model, arrays, opt, schedule, epochs=config["epochs"], batch_size=config["batch_size"],
+        summary = fit(model, arrays, opt, schedule, steps=total, batch_size=config["batch_size"],
                       seed=config["seed"], eval_every=config["eval_every"], metrics_path=config["metrics"],
                       save_path=config["save"], save_every=config["save_every"], resume=config["resume"],
                       config=config, progress=not config["no_progress"], parallel=parallel)

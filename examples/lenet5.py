@@ -6,6 +6,7 @@
     python examples/lenet5.py --mask pruned.npz                  # 4 masks: conv1, conv2, fc1, fc2
     python examples/lenet5.py --resume runs/c.npz                # continue a stopped run
     python examples/lenet5.py --resume runs/c.npz --epochs 60    # ... or extend a finished one
+    python examples/lenet5.py --recipe paper --topology random   # the 2019 study's training recipe
 
 The TensorFlow variant of the 2019 study by default (``--variant caffe`` for Caffe's LeNet-5);
 see ``sparsenn.models.lenet5``. CIFAR-10 images go through TensorFlow's tutorial pipeline:
@@ -27,7 +28,7 @@ import time
 
 import numpy as np
 
-from sparsenn import augment, checkpoint, cli, data, schedules
+from sparsenn import augment, checkpoint, cli, data, recipes, schedules
 from sparsenn.io import load_masks
 from sparsenn.models import LENET5_TOPOLOGIES, LENET5_VARIANTS, layer_table, lenet5
 from sparsenn.optim import SGD, Adam
@@ -51,6 +52,8 @@ DEFAULTS = dict(
     weight_decay=5e-4,     # on weights only, and only on connections that exist
     seed=0,
 )
+# --recipe paper replaces these (and the defaults of the recipe flags) with the 2019 study's
+# values, except where a flag is given: sparsenn.recipes.PAPER
 
 
 def parse_args(argv=None):
@@ -83,6 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
     p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])
+    recipes.add_flags(p, convolutional=True)
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train: auto picks an NVIDIA GPU when one is usable (needs the gpu extra)")
     p.add_argument("--eval-every", type=cli.nonneg_int, default=0, help="also evaluate every N steps (0: epoch ends)")
@@ -101,7 +105,7 @@ def parse_args(argv=None):
 
 # on --resume: flags that belong to this invocation, and flags that may change the run's course
 LOCAL = ("device", "resume", "no_progress", "data_dir", "no_verify")
-CHANGEABLE = ("epochs", "save", "save_every", "metrics", "eval_every")
+CHANGEABLE = ("epochs", "steps", "save", "save_every", "metrics", "eval_every")
 
 
 def main(argv=None) -> int:
@@ -109,7 +113,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # ---- configuration: a resumed run takes its configuration from the checkpoint ----------
-    config = vars(args).copy()
+    config = recipes.resolve(vars(args), given, args.dataset)  # --recipe's values, except flags given
     # paths absolute, so that a run resumed from another directory writes to the same files
     config.update({k: os.path.abspath(config[k]) for k in ("save", "metrics", "mask") if config[k]})
     start_step = 0
@@ -117,7 +121,9 @@ def main(argv=None) -> int:
         ck = checkpoint.read_checkpoint(args.resume)
         start_step = int(ck["step"])
         config = cli.resume_config(ck["config"], config, given, changeable=CHANGEABLE, local=LOCAL)
-    if config["epochs"] is None:
+        if "epochs" in given and "steps" not in given:
+            config["steps"] = None  # --epochs given again: the run's length is now in epochs
+    if config["epochs"] is None and config["steps"] is None:
         config["epochs"] = DEFAULTS["epochs"][config["dataset"]]
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
@@ -129,6 +135,8 @@ def main(argv=None) -> int:
     # ---- data ------------------------------------------------------------------------------
     t0 = time.perf_counter()
     ds = data.load(config["dataset"], root=config["data_dir"], verify=not config["no_verify"])
+    if config["train_size"]:
+        ds = data.hold_out(ds, config["train_size"])
     if config["limit"]:
         n = config["limit"]
         ds = dataclasses.replace(ds, train_images=ds.train_images[:n], train_labels=ds.train_labels[:n],
@@ -145,7 +153,7 @@ def main(argv=None) -> int:
         arrays = ArrayData(x_train, ds.train_labels.astype(np.int64),
                            augment.center_crops(ds.test_images), ds.test_labels.astype(np.int64))
     else:
-        arrays = ArrayData.from_dataset(ds)
+        arrays = ArrayData.from_dataset(ds, standardize=config["standardize"])
     print(f"data: {ds.name} from {ds.source} ({len(arrays.x_train):,} train, {len(arrays.x_test):,} test, "
           f"{time.perf_counter() - t0:.1f} s)")
 
@@ -153,7 +161,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(config["seed"])  # masks of random topologies and initial weights
     masks = load_masks(config["mask"]) if config["mask"] else None
     model = lenet5(config["dataset"], config["topology"], rng, masks=masks, variant=config["variant"],
-                   density=config["density"], fan=config["init_fan"])
+                   density=config["density"], **recipes.model_options(config, convolutional=True))
     what = f"mask {config['mask']}" if masks else config["topology"] + (
         f" (density {config['density']:g})" if config["topology"] == "random" else "")
     print(f"model: LeNet-5 ({config['variant']} variant) on {config['dataset']}, topology {what}")
@@ -162,7 +170,7 @@ def main(argv=None) -> int:
     model.to(device)  # parameters move now; the optimiser's state is created where they are
 
     # ---- optimiser and schedule ------------------------------------------------------------
-    total = config["epochs"] * steps_per_epoch
+    total = config["steps"] or config["epochs"] * steps_per_epoch
     if config["optimizer"] == "sgd":
         opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                   nesterov=config["momentum"] > 0 and not config["no_nesterov"], weight_decay=config["weight_decay"])
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
 
     # ---- train -----------------------------------------------------------------------------
     try:
-        summary = fit(model, arrays, opt, schedule, epochs=config["epochs"], batch_size=config["batch_size"],
+        summary = fit(model, arrays, opt, schedule, steps=total, batch_size=config["batch_size"],
                       seed=config["seed"], eval_every=config["eval_every"], metrics_path=config["metrics"],
                       save_path=config["save"], save_every=config["save_every"], resume=config["resume"],
                       config=config, callbacks=callbacks, progress=not config["no_progress"])

@@ -12,11 +12,19 @@ same variance as a dense layer's.
     xavier_uniform    bound = gain * sqrt(6 / (fan_in + fan_out))
     truncated_normal  kaiming std, values beyond 2 std redrawn, then rescaled so the
                       variance is still gain**2 / fan_in (truncation alone shrinks it by 0.774)
+    FixedTruncatedNormal(std)
+                      std (the normal's, before truncation) fixed whatever the fans, values
+                      beyond 2 std redrawn and *not* rescaled: TensorFlow's
+                      ``truncated_normal_initializer(stddev=std)``, as the 2019 study used
+                      (0.04 for fully connected layers, 0.05 for convolutions). Pass an
+                      instance where a scheme name goes: ``Linear(..., init=FixedTruncatedNormal(0.04))``.
 
 Every function takes an explicit ``numpy.random.Generator``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +32,18 @@ SCHEMES = ("kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform
 
 # Variance of a standard normal truncated to [-2, 2]; dividing by its square root restores 1.
 _TRUNC2_STD = 0.8796256610342398
+
+
+@dataclass(frozen=True)
+class FixedTruncatedNormal:
+    """A scheme whose standard deviation is ``std`` for every weight (fans ignored): a normal
+    of that std with values beyond 2 std redrawn (the result's std is 0.88 ``std``)."""
+
+    std: float
+
+    def __post_init__(self):
+        if not (np.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"FixedTruncatedNormal: std must be finite and > 0, got {self.std}")
 
 
 def _check_rng(rng):
@@ -45,6 +65,8 @@ def truncated_standard_normal(size, rng, bound: float = 2.0) -> np.ndarray:
 def draw(scheme: str, size, fan_in, fan_out, rng, gain=None, dtype=np.float32) -> np.ndarray:
     """Draw ``size`` weights with ``scheme``; ``fan_in``/``fan_out`` broadcast against ``size``."""
     _check_rng(rng)
+    if isinstance(scheme, FixedTruncatedNormal):
+        return np.asarray(truncated_standard_normal(size, rng) * scheme.std, dtype=dtype)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown initialiser {scheme!r}; choose one of {', '.join(SCHEMES)}")
     fan_in = np.maximum(np.asarray(fan_in, dtype=np.float64), 1.0)

@@ -12,6 +12,14 @@
     xnet          X-Net expanders with radix's mean in-degree, 784-300-100, dense logits
     masks=[...]   any list of (n_out, n_in) masks: 2 masks -> dense logits layer added,
                   3 masks -> every layer sparse (e.g. a pruned LeNet-300-100)
+    random, factor=f   the 2019 study's random network by factor f (its table (c)): f < 1
+                  keeps 784-300-100 at density f; f > 1 widens hidden-1 to 784-300f-100 at
+                  density 1/f (as many connections as dense); f = 1 is dense. Logits dense.
+                  (RadiX-Nets by factor are the presets: radix is f = 0.1, radix-wide f = 10.)
+
+Options of the 2019 study's training recipe (``sparsenn.recipes``): ``init`` takes a scheme
+name or an ``init.FixedTruncatedNormal(std)``; ``fc_bias`` sets every bias; ``relu_logits``
+puts a ReLU after the logits layer too (their code did; the loss then sees logits >= 0).
 
 Masks are checked by :func:`sparsenn.layers.as_mask` (boolean, 0/1 integers or a scipy.sparse
 pattern; never floats). A mask with no connections is refused unless ``allow_empty=True``
@@ -29,8 +37,17 @@ TOPOLOGIES = ("dense", "radix", "radix-wide", "random", "random-wide", "xnet")
 N_INPUTS, N_CLASSES = 784, 10
 
 
-def lenet300_masks(topology_name: str, rng) -> list | None:
-    """The hidden-layer masks of a named topology (None for dense)."""
+def lenet300_masks(topology_name: str, rng, factor: float | None = None) -> list | None:
+    """The hidden-layer masks of a named topology (None for dense); ``factor``: the random
+    network by factor f (module docstring), with ``topology_name="random"`` only."""
+    if factor is not None:
+        if topology_name != "random" or not 0 < factor:
+            raise ValueError(f"factor applies to the 'random' topology and must be > 0, got "
+                             f"{topology_name!r} with factor {factor}")
+        if factor == 1:
+            return None
+        width, density = (300, factor) if factor < 1 else (round(300 * factor), 1 / factor)
+        return [topology.random_sparse(width, N_INPUTS, density, rng), topology.random_sparse(100, width, density, rng)]
     if topology_name == "dense":
         return None
     if topology_name in ("radix", "radix-wide"):
@@ -69,20 +86,26 @@ def sequential_from_masks(masks, rng, n_inputs=None, n_classes=None, init="kaimi
 
 
 def lenet300(topology_name: str = "dense", rng=None, masks=None, init="kaiming_normal", fan="actual",
-             dtype=np.float32, allow_empty=False) -> Sequential:
+             dtype=np.float32, allow_empty=False, factor=None, fc_bias=0.0, relu_logits=False) -> Sequential:
     """LeNet-300-100 (784 -> 300 -> 100 -> 10, ReLU) on a topology; see the module docstring."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if masks is None:
-        masks = lenet300_masks(topology_name, rng)
+        masks = lenet300_masks(topology_name, rng, factor)
     if masks is None:
-        return Sequential(
+        model = Sequential(
             Linear(784, 300, rng, init=init, dtype=dtype, name="fc1"), ReLU(),
             Linear(300, 100, rng, init=init, dtype=dtype, name="fc2"), ReLU(),
             Linear(100, 10, rng, init=init, dtype=dtype, name="fc3"),
         )
-    return sequential_from_masks(masks, rng, N_INPUTS, N_CLASSES, init=init, fan=fan, dtype=dtype,
-                                 allow_empty=allow_empty)
+    else:
+        model = sequential_from_masks(masks, rng, N_INPUTS, N_CLASSES, init=init, fan=fan, dtype=dtype,
+                                      allow_empty=allow_empty)
+    for layer in model.weight_layers():
+        layer.bias.value[...] = fc_bias
+    if relu_logits:
+        model.layers.append(ReLU(name="relu_logits"))
+    return model
 
 
 def dead_neurons(layer) -> tuple:
@@ -146,16 +169,24 @@ def layer_table(model) -> str:
 # Topologies: "dense"; "random": conv2 and fc1 Bernoulli-sparse at ``density`` (default 0.1, i.e.
 # 90% sparse; sparsenn.topology.random_sparse), conv1 and the logits dense, as in the study;
 # masks=[conv1, conv2, fc1, fc2]: any four masks (a conv mask is (C_out, C_in*kh*kw)), e.g. a
-# pruned LeNet-5; a full mask gives a dense layer.
+# pruned LeNet-5; a full mask gives a dense layer. "random" with factor=f: the study's random
+# network by factor f (its table (c)): f < 1 keeps the widths at density f; f > 1 gives conv2
+# 50f filters (so fc1 50f*7*7 inputs) at density 1/f; f = 1 is dense.
+#
+# The 2019 recipe's options (sparsenn.recipes): init for the fully connected layers, conv_init
+# for the convolutions (a scheme name or init.FixedTruncatedNormal(std)), fc_bias for the fully
+# connected biases (convolution biases stay 0), relu_logits, and conv_weight_decay=False to
+# exempt the convolution kernels from the optimiser's weight decay (Parameter.decay).
 
 LENET5_TOPOLOGIES = ("dense", "random")
 LENET5_VARIANTS = ("tf", "caffe")
 LENET5_DATASETS = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 24, 24)}
 
 
-def lenet5_spec(dataset: str = "mnist", variant: str = "tf") -> dict:
+def lenet5_spec(dataset: str = "mnist", variant: str = "tf", width: float = 1.0) -> dict:
     """The architecture as data: input_shape, conv and pool settings, hidden width, and the
-    four weight-layer shapes ``(n_out, n_in)`` (conv ones as filter banks (C_out, C_in*k*k))."""
+    four weight-layer shapes ``(n_out, n_in)`` (conv ones as filter banks (C_out, C_in*k*k)).
+    ``width``: conv2's filters times this (50 -> round(50 width)), and so fc1's inputs."""
     if dataset not in LENET5_DATASETS:
         raise ValueError(f"unknown dataset {dataset!r} for LeNet-5; choose one of {', '.join(LENET5_DATASETS)}")
     if variant not in LENET5_VARIANTS:
@@ -168,7 +199,7 @@ def lenet5_spec(dataset: str = "mnist", variant: str = "tf") -> dict:
         pool = (2, 2, "valid") if dataset != "cifar10" else (3, 2, "same")  # (kernel, stride, padding)
     else:
         conv_pad, hidden, lrn, pool = "valid", 500, False, (2, 2, "valid")
-    filters, k = (20, 50), 5
+    filters, k = (20, round(50 * width)), 5
     shapes, size, channels = [], (h, w), c
     for f in filters:
         oh, ow, _, _ = conv_geometry(*size, k, k, 1, 1, conv_pad)
@@ -201,11 +232,13 @@ def _is_full(mask) -> bool:
 
 
 def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None, variant: str = "tf",
-           density: float = 0.1, init: str = "kaiming_normal", fan: str = "actual", dtype=np.float32,
-           allow_empty: bool = False) -> Sequential:
+           density: float = 0.1, init="kaiming_normal", fan: str = "actual", dtype=np.float32,
+           allow_empty: bool = False, factor=None, conv_init=None, fc_bias=0.0, relu_logits=False,
+           conv_weight_decay=True) -> Sequential:
     """LeNet-5 for ``dataset`` ("mnist", "fashion-mnist" or "cifar10" 24x24 crops) as a
     ``Sequential``; input (C*H*W, batch) flat or (C, H, W, batch), output (10, batch) logits.
-    See the section comment above for the variants and topologies. ``masks``: four masks in
+    See the section comment above for the variants, topologies and the 2019 recipe's options
+    (``conv_init=None``: the convolutions use ``init`` too). ``masks``: four masks in
     the order conv1, conv2, fc1, fc2 (conv masks (C_out, C_in*k*k)); a full mask -> dense layer.
     ``allow_empty``: accept masks with no connections (see :class:`~sparsenn.layers.SparseLinear`).
     """
@@ -213,7 +246,14 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
 
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    spec = lenet5_spec(dataset, variant)
+    width = 1.0
+    if factor is not None:
+        if topology != "random" or masks is not None or not 0 < factor:
+            raise ValueError(f"factor applies to the 'random' topology (no masks) and must be > 0, got "
+                             f"{topology!r} with factor {factor}")
+        width, density = (1.0, factor) if factor < 1 else (factor, 1 / factor)
+        topology = "dense" if factor == 1 else topology
+    spec = lenet5_spec(dataset, variant, width)
     if masks is None:
         masks = lenet5_masks(topology, spec, rng, density)
     if masks is not None:
@@ -231,17 +271,24 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
     pk, ps, pp = spec["pool"]
 
     def conv(i, c, f, **kw):
-        kw.update(padding=spec["conv_padding"], init=init, dtype=dtype, name=f"conv{i + 1}")
+        kw.update(padding=spec["conv_padding"], init=init if conv_init is None else conv_init, dtype=dtype,
+                  name=f"conv{i + 1}")
         if sparse[i]:
-            return SparseConv2d(c, f, k, masks[i], rng, fan=fan, allow_empty=allow_empty, **kw)
-        return Conv2d(c, f, k, rng, **kw)
+            layer = SparseConv2d(c, f, k, masks[i], rng, fan=fan, allow_empty=allow_empty, **kw)
+        else:
+            layer = Conv2d(c, f, k, rng, **kw)
+        layer.weight.decay = conv_weight_decay
+        return layer
 
     def fc(i):
         n_out, n_in = spec["shapes"][i]
         if sparse[i]:
-            return SparseLinear(masks[i], rng, init=init, fan=fan, dtype=dtype, name=f"fc{i - 1}",
-                                allow_empty=allow_empty)
-        return Linear(n_in, n_out, rng, init=init, dtype=dtype, name=f"fc{i - 1}")
+            layer = SparseLinear(masks[i], rng, init=init, fan=fan, dtype=dtype, name=f"fc{i - 1}",
+                                 allow_empty=allow_empty)
+        else:
+            layer = Linear(n_in, n_out, rng, init=init, dtype=dtype, name=f"fc{i - 1}")
+        layer.bias.value[...] = fc_bias
+        return layer
 
     pool = lambda i: MaxPool2d(pk, ps, pp, name=f"pool{i}")  # noqa: E731
     layers = [conv(0, c_in, f1, input_shape=spec["input_shape"])]
@@ -251,4 +298,96 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
     else:  # Caffe: conv -> pool -> conv -> pool
         layers += [pool(1), conv(1, f1, f2), pool(2)]
     layers += [Flatten(), fc(2), ReLU(), fc(3)]
+    if relu_logits:
+        layers.append(ReLU(name="relu_logits"))
+    return Sequential(*layers)
+
+
+# =============================================================================================
+# Sparse MLPs at scale: n_inputs -> widths[0] -> ... -> widths[-1] -> n_classes
+# =============================================================================================
+#
+# Hidden widths like 262,144 x 4 (a million neurons): a dense layer of that width would need
+# 262,144^2 weights (275 GB for four), so every hidden layer is sparse and everything here,
+# from drawing the topology to building the layers, costs O(connections), never O(neurons^2).
+# The logits layer is dense: widths[-1] x n_classes weights (2.6M at 262,144 x 10, a tenth of
+# one hidden layer's connections), and every class sees every neuron of the last hidden layer.
+#
+#     radix              sparsenn.topology.radix_mlp: one RadiX-Net over the hidden layers, in-degree
+#                        fan_in in every hidden layer; the input layer reads the n_inputs pixels
+#                        placed evenly on a padded input, so its in-degree is about
+#                        n_inputs / (fan_in / B) (24 or 25 for 784 pixels, fan-in 32, 2^k widths)
+#     random             fan_in: every neuron of every sparse layer exactly fan_in distinct inputs,
+#                        uniform (topology.random_fan_in); density: Bernoulli at that density
+#     random-equivalent  the random equivalent of radix: every neuron keeps its RadiX in-degree,
+#                        its inputs drawn uniformly: the same connections per layer and per neuron
+#     xnet               X-Net expanders (topology.xnet): in-degree fan_in, every input used
+
+MLP_TOPOLOGIES = ("radix", "random", "random-equivalent", "xnet")
+
+
+def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=None, rng=None,
+                     n_inputs: int = N_INPUTS) -> list:
+    """The hidden-layer masks of :func:`sparse_mlp`: ``(widths[0], n_inputs)``,
+    ``(widths[1], widths[0])``, ... as boolean CSR; see the section comment for the topologies."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if topology_name not in MLP_TOPOLOGIES:
+        raise ValueError(f"unknown sparse MLP topology {topology_name!r}; choose one of {', '.join(MLP_TOPOLOGIES)}")
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) == 0:
+        raise ValueError(f"widths must be a non-empty list of hidden-layer widths, got {widths!r}")
+    if (fan_in is None) == (density is None):
+        raise ValueError(f"give exactly one of fan_in (a fixed in-degree) and density (Bernoulli), "
+                         f"got fan_in={fan_in!r}, density={density!r}")
+    if density is not None and topology_name != "random":
+        raise ValueError(f"density applies to the 'random' topology; {topology_name!r} takes fan_in")
+    if fan_in is not None and (isinstance(fan_in, bool) or not isinstance(fan_in, (int, np.integer))
+                               or fan_in < 1):
+        raise ValueError(f"fan_in must be an integer >= 1 (the in-degree of every neuron), got {fan_in!r}")
+    n_ins = [n_inputs] + list(widths[:-1])
+    pairs = list(zip(widths, n_ins))  # (n_out, n_in) of each sparse layer
+    if topology_name in ("radix", "random-equivalent"):
+        masks = topology.radix_mlp(n_inputs, widths, fan_in)
+        if topology_name == "radix":
+            return masks
+        # replace each RadiX layer as soon as its random twin is drawn: one extra layer alive
+        for i, m in enumerate(masks):
+            masks[i] = topology.random_fan_in(*m.shape, np.diff(m.indptr), rng)
+        return masks
+    if density is not None:
+        return [topology.random_sparse(n_out, n_in, density, rng) for n_out, n_in in pairs]
+    for i, (n_out, n_in) in enumerate(pairs):
+        if fan_in > n_in:
+            raise ValueError(f"fan_in = {fan_in} exceeds the {n_in} inputs of layer fc{i + 1} "
+                             f"({n_in} -> {n_out}); use fan_in <= {min(n_ins)}")
+    if topology_name == "xnet":
+        return [topology.xnet(n_out, n_in, fan_in, rng) for n_out, n_in in pairs]
+    return [topology.random_fan_in(n_out, n_in, fan_in, rng) for n_out, n_in in pairs]
+
+
+def sparse_mlp(widths, topology: str = "radix", fan_in=None, density=None, rng=None,
+               n_inputs: int = N_INPUTS, n_classes: int = N_CLASSES, init="kaiming_normal",
+               fan: str = "actual", dtype=np.float32) -> Sequential:
+    """A sparse MLP ``n_inputs -> widths[0] -> ... -> widths[-1] -> n_classes`` with ReLUs,
+    features-major: input ``(n_inputs, batch)``, output ``(n_classes, batch)`` logits.
+
+    Every hidden layer is a :class:`SparseLinear` on a mask of ``topology`` ("radix", "random",
+    "random-equivalent", "xnet"; see the section comment above); the logits layer is a dense
+    :class:`Linear`. ``fan_in``: the in-degree of every neuron (radix: of every hidden-to-hidden
+    layer); ``density``: Bernoulli density, "random" only; give exactly one. For a RadiX model and
+    a random one of the same size, build "radix" and "random-equivalent" with the same fan_in.
+
+    Initialisation as in LeNet (:func:`lenet300`): ``init`` with each sparse weight scaled by its
+    neuron's actual fan-in (``fan="actual"``, see ``sparsenn.init``). The topology is drawn first,
+    then the weights, layer by layer, from ``rng``. Cost O(connections) time and memory.
+    """
+    masks = sparse_mlp_masks(widths, topology, fan_in, density, rng, n_inputs)
+    layers = []
+    for i in range(len(masks)):
+        if i:
+            layers.append(ReLU())
+        layers.append(SparseLinear(masks[i], rng, init=init, fan=fan, dtype=dtype, name=f"fc{i + 1}"))
+        masks[i] = None  # the layer holds its own CSR copy
+    layers += [ReLU(), Linear(int(widths[-1]), n_classes, rng, init=init, dtype=dtype,
+                              name=f"fc{len(widths) + 1}")]
     return Sequential(*layers)
