@@ -35,6 +35,8 @@ from sparsenn.train import ArrayData, epoch_permutation
 
 # seconds per epoch, from the project's issues (#4 on the CPU, #7 on a GPU)
 TARGETS = {"cpu": {"radix": 0.5, "dense": 1.2}, "cuda": {"radix": 1.0}}
+# epoch time as a fraction of PyTorch dense's in the same run (#12), when PyTorch is installed
+RATIO_TARGETS = {"radix": 0.2, "dense": 1.0}
 
 
 def time_sparsenn(topology, arrays, epochs, batch, device="cpu", seed=0):
@@ -43,7 +45,8 @@ def time_sparsenn(topology, arrays, epochs, batch, device="cpu", seed=0):
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = SoftmaxCrossEntropy()
     ops = model.ops  # the device's operations: gather and labels where the model is
-    x_train, y_train = ops.asarray(arrays.x_train), ops.asarray(arrays.y_train)
+    x_train, y_train = ops.asarray(arrays.x_train), ops.asarray(arrays.y_train)  # uint8 pixels
+    scale, shift = ops.asarray(arrays.scale), ops.asarray(arrays.shift)  # normalised while gathered
     x, y = ops.empty((784, batch), np.float32), ops.empty((batch,), arrays.y_train.dtype)
     n = len(arrays.x_train)
     steps = n // batch
@@ -54,7 +57,7 @@ def time_sparsenn(topology, arrays, epochs, batch, device="cpu", seed=0):
         t = time.perf_counter()
         for b in range(limit or steps):
             idx = perm[b * batch:(b + 1) * batch]
-            ops.gather_batch(x_train, idx, x)
+            ops.gather_batch(x_train, idx, scale, shift, x)
             ops.take(y_train, idx, y)
             loss_fn.forward(model.forward(x), y)
             model.backward(loss_fn.backward())
@@ -85,7 +88,7 @@ def time_torch(arrays, epochs, batch, masked, device="cpu", seed=0):
                 w.mul_(m)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    xt = torch.from_numpy(arrays.x_train).to(device)
+    xt = torch.from_numpy(arrays.features("train")).to(device)  # float32, as PyTorch users keep them
     yt = torch.from_numpy(arrays.y_train).to(device)
     n = len(xt)
     steps = n // batch
@@ -154,6 +157,18 @@ def main(argv=None):
             for masked in (False, True):
                 times, nnz, version = time_torch(arrays, args.epochs, args.batch_size, masked, device)
                 report(f"torch {version.split('+')[0]}", "dense" + ("+mask" if masked else ""), times, nnz)
+    torch_dense = next((r for r in records if r["impl"].startswith("torch") and r["topology"] == "dense"), None)
+    if torch_dense is not None:  # issue #12: ratios to PyTorch dense, measured in this run
+        base = torch_dense["epoch_seconds_median"]
+        print(f"\nAgainst {torch_dense['impl']} dense ({base:.3f} s/epoch), this run:")
+        for r in records:
+            if r["impl"] != "sparsenn":
+                continue
+            ratio = r["epoch_seconds_median"] / base
+            r["vs_torch_dense"] = ratio
+            need = RATIO_TARGETS.get(r["topology"])
+            verdict = "" if need is None else f"  target <= {need}x: {'PASS' if ratio <= need else 'FAIL'}"
+            print(f"  sparsenn {r['topology']:<12} {ratio:.2f}x the PyTorch dense epoch{verdict}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -6,6 +6,7 @@
         --gradual-log examples/results/prune_retrain_gradual_log.json
     python examples/prune_retrain.py --quick --json /tmp/r.json        # smoke test, seconds
     python examples/prune_retrain.py --plot acc.png                    # needs matplotlib
+    python examples/prune_retrain.py --recipe paper                    # the 2019 study's training recipe
     mpiexec -n 2 python examples/prune_retrain.py --quick              # data-parallel (not --speed)
 
 For each seed:
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -49,7 +51,7 @@ import time
 import numpy as np
 
 import sparsenn
-from sparsenn import cli, data, distributed, pruning, schedules
+from sparsenn import augment, cli, data, distributed, pruning, recipes, schedules
 from sparsenn.io import save_masks
 from sparsenn.models import lenet300, lenet5
 from sparsenn.optim import SGD
@@ -58,22 +60,36 @@ from sparsenn.train import ArrayData, evaluate, fit
 
 
 # ---- models: each entry builds a network on given masks (None: dense) ---------------------
-def build_lenet300(rng, masks=None, fan="actual"):
-    return lenet300("dense", rng, masks=masks, fan=fan)
+def build_lenet300(rng, masks=None, **options):
+    return lenet300("dense", rng, masks=masks, **options)
 
 
-def build_lenet5(rng, masks=None, fan="actual"):
-    return lenet5("mnist", "dense", rng, masks=masks, fan=fan)
+def build_lenet5(rng, masks=None, **options):
+    return lenet5("mnist", "dense", rng, masks=masks, **options)
+
+
+def build_lenet5_cifar10(rng, masks=None, **options):
+    return lenet5("cifar10", "dense", rng, masks=masks, **options)
 
 
 # epochs: each run's length; warmup: steps of linear learning-rate warm-up (LeNet-5's first
-# steps blow up at lr 0.05 without it, see examples/lenet5.py)
+# steps blow up at lr 0.05 without it, see examples/lenet5.py); conv: takes convolution options
 MODELS = {
     "lenet300": dict(build=build_lenet300, dataset="mnist", about="LeNet-300-100, 784-300-100-10, ReLU",
-                     epochs=20, warmup=0),
-    "lenet5": dict(build=build_lenet5, dataset="mnist", epochs=5, warmup=200,
+                     epochs=20, warmup=0, conv=False),
+    "lenet5": dict(build=build_lenet5, dataset="mnist", epochs=5, warmup=200, conv=True,
                    about="LeNet-5 (TensorFlow variant: conv 20, conv 50, LRN, 2450-384-10)"),
+    "lenet5-cifar10": dict(build=build_lenet5_cifar10, dataset="cifar10", epochs=40, warmup=200, conv=True,
+                           about="LeNet-5 on CIFAR-10 (TensorFlow variant, 24x24 crops, 1800-384-10)"),
 }
+
+
+def build(cfg, rng, masks=None):
+    """A fresh network of ``cfg['model']`` on ``masks`` (None: dense), initialised (and its
+    logits, biases and weight decay set) as cfg's recipe says (``sparsenn.recipes``)."""
+    spec = MODELS[cfg["model"]]
+    return spec["build"](rng, masks=masks, **recipes.model_options(cfg, convolutional=spec["conv"]))
+
 
 # ---- defaults: the whole study takes ~6 minutes per seed on 2 cores (~30 training runs) ----
 DEFAULTS = dict(
@@ -84,6 +100,7 @@ DEFAULTS = dict(
     batch_size=100,        # as in the 2019 study
     lr=0.05,               # SGD, Nesterov momentum 0.9, cosine decay to 0 over each run
     momentum=0.9,
+    schedule="cosine",
     weight_decay=5e-4,     # on existing weights only
     scope="global",        # one threshold over all layers: the 100->10 logits layer, whose
                            # weights are large, keeps more (a uniform 99% would leave it 10)
@@ -98,6 +115,8 @@ DEFAULTS = dict(
     quick_epochs=2,        # ... this many epochs,
     quick_sparsities=[0.5, 0.9],  # ... and these sparsities
 )
+# --recipe paper replaces these (and the defaults of the recipe flags) with the 2019 study's
+# values, except where a flag is given: sparsenn.recipes.PAPER
 METHODS = ("one-time", "gradual")
 COLUMNS = [("dense", "trained"), ("one-time", "pruned"), ("one-time", "retrained"), ("one-time", "rewound"),
            ("gradual", "pruned"), ("gradual", "retrained"), ("gradual", "rewound")]
@@ -108,6 +127,7 @@ REFERENCE_2019 = {  # Alford et al. 2019, LeNet-300-100 on MNIST, percent
 
 
 def parse_args(argv=None):
+    """The flags, resolved under --recipe (a Namespace)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=cli.HelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default=DEFAULTS["model"])
@@ -117,10 +137,15 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=cli.positive_int, default=DEFAULTS["seeds"], help="run seeds 0 .. N-1")
     p.add_argument("--first-seed", type=cli.nonneg_int, default=0)
     p.add_argument("--epochs", type=cli.positive_int, default=None,
-                   help="epochs per run (default: 20 for lenet300, 5 for lenet5; quick 2)")
+                   help="epochs per run (default: 20 for lenet300, 5 for lenet5, 40 for lenet5-cifar10; quick 2)")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"])
+    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="0: plain SGD, else Nesterov")
+    p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
+    p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
+                   help="steps at which the 'step' schedule halves the learning rate")
+    p.add_argument("--warmup", type=cli.nonneg_int, default=None,
+                   help="steps of linear warm-up of the cosine schedule (default: 200 for lenet5, 0 for lenet300)")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--no-rewind", action="store_true", help="skip the rewound (lottery-ticket) retraining")
@@ -135,6 +160,7 @@ def parse_args(argv=None):
     p.add_argument("--crossover", type=float, default=DEFAULTS["crossover"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default=DEFAULTS["init_fan"],
                    help="fresh retraining weights scaled by each neuron's actual fan-in, or the dense one (2019)")
+    recipes.add_flags(p, convolutional=True)
     p.add_argument("--data-dir", help="where the dataset lives (default: $SPARSENN_DATA, then data/, ...)")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test run: data subset, 2 epochs")
     p.add_argument("--json", metavar="PATH", help="write the list of records here")
@@ -146,10 +172,16 @@ def parse_args(argv=None):
     p.add_argument("--verbose", action="store_true", help="print every epoch and pruning step")
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
+    given = cli.given_flags(p, argv)
+    vars(args).update(recipes.resolve(vars(args), given, MODELS[args.model]["dataset"]))
     if args.sparsities is None:
         args.sparsities = DEFAULTS["quick_sparsities" if args.quick else "sparsities"]
-    if args.epochs is None:
+    if args.quick and not given & {"epochs", "steps"}:  # a smoke test, whatever the recipe's length
+        args.steps = None
+    if args.epochs is None and args.steps is None:
         args.epochs = DEFAULTS["quick_epochs"] if args.quick else MODELS[args.model]["epochs"]
+    if args.warmup is None:
+        args.warmup = MODELS[args.model]["warmup"]
     for s in args.sparsities:
         if not 0 <= s < 1:
             p.error(f"--sparsities must be in [0, 1), got {s}")
@@ -171,15 +203,63 @@ def parse_args(argv=None):
 COMM = None  # the MPI communicator under mpiexec -n P (P > 1): every fit is then data-parallel
 
 
-def train(model, arrays, cfg, seed, callbacks=()):
-    """SGD (Nesterov) + cosine decay over cfg['epochs']. Returns (fit's summary, optimiser).
-    Under MPI, data-parallel: the pruning callbacks see the same weights on every rank."""
+class CroppedData(ArrayData):
+    """CIFAR-10's training set as TensorFlow's tutorial feeds it: ``x_train`` (n, 3*24*24)
+    refilled with fresh random crops and flips of ``images`` (uint8 (n, 3, 32, 32)) at every
+    epoch, drawn from (seed, epoch) (``sparsenn.augment.EpochCrops``); test: centre crops."""
+
+    def __init__(self, images, labels, x_test, y_test):
+        super().__init__(np.zeros((len(images), 3 * augment.CROP ** 2), np.float32), labels, x_test, y_test)
+        self.images = images
+
+
+def load_arrays(cfg) -> tuple:
+    """(ArrayData, dataset name and source) of cfg's model, prepared as cfg's recipe says
+    (held-back training images, [0, 1] or standardised pixels); ``cfg['quick']``: the first
+    images of each set only (a smoke test, not a measurement)."""
+    ds = data.load(MODELS[cfg["model"]]["dataset"], root=cfg["data_dir"])
+    if cfg["train_size"]:
+        ds = data.hold_out(ds, cfg["train_size"])
+    if cfg["quick"]:
+        n, m = DEFAULTS["quick_train"], DEFAULTS["quick_test"]
+        ds = dataclasses.replace(ds, train_images=ds.train_images[:n], train_labels=ds.train_labels[:n],
+                                 test_images=ds.test_images[:m], test_labels=ds.test_labels[:m])
+    if ds.name == "cifar10":
+        arrays = CroppedData(ds.train_images, ds.train_labels.astype(np.int64),
+                             augment.center_crops(ds.test_images), ds.test_labels.astype(np.int64))
+    else:
+        arrays = ArrayData.from_dataset(ds, standardize=cfg["standardize"])
+    return arrays, f"{ds.name} from {ds.source}"
+
+
+def study_config(args: dict, n_train: int) -> dict:
+    """The study's configuration: the flags, plus the run length and the gradual pruning
+    schedule in steps (from epochs, for ``n_train`` training images)."""
+    cfg = dict(args)
+    cfg["steps_per_epoch"] = spe = math.ceil(n_train / cfg["batch_size"])
+    cfg["total_steps"] = total = cfg["steps"] or cfg["epochs"] * spe
+    cfg["prune_end_step"] = end = max(2, round(cfg["prune_end"] * total))
+    cfg["prune_begin_step"] = begin = min(round(cfg["prune_begin"] * spe), end // 2)
+    cfg["prune_every_steps"] = min(cfg["prune_every"], max(1, (end - begin) // 10))  # >= 10 pruning steps
+    return cfg
+
+
+def train(model, arrays, cfg, seed, callbacks=(), eval_every=0):
+    """SGD (Nesterov when momentum > 0) over cfg['total_steps'] on cfg's schedule (cosine:
+    with cfg['warmup'] steps of warm-up, at most a tenth of the run). Returns (fit's summary,
+    optimiser). Under MPI, data-parallel: the pruning callbacks see the same weights on every
+    rank. eval_every: also evaluate every that many steps (the summary's history)."""
     opt = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0,
               weight_decay=cfg["weight_decay"])
-    total = cfg["epochs"] * cfg["steps_per_epoch"]
-    warmup = min(MODELS[cfg["model"]]["warmup"], total // 10)
-    summary = fit(model, arrays, opt, schedules.Cosine(cfg["lr"], total, warmup=warmup), epochs=cfg["epochs"],
-                  batch_size=cfg["batch_size"], seed=seed, callbacks=callbacks, progress=cfg["progress"],
+    total = cfg["total_steps"]
+    schedule = schedules.make(cfg["schedule"], cfg["lr"], total, milestones=cfg["milestones"],
+                              warmup=min(cfg["warmup"], total // 10))
+    if isinstance(arrays, CroppedData):  # this run's crops, from epoch 0
+        crops = augment.EpochCrops(arrays.images, arrays.x_train, seed, cfg["steps_per_epoch"])
+        crops.fill(0)
+        callbacks = [crops, *callbacks]
+    summary = fit(model, arrays, opt, schedule, steps=total, batch_size=cfg["batch_size"], seed=seed,
+                  callbacks=callbacks, progress=cfg["progress"], eval_every=eval_every,
                   log=print if cfg["verbose"] else (lambda *a: None),
                   parallel=distributed.DataParallel(COMM, model) if COMM is not None else None)
     return summary, opt
@@ -198,13 +278,12 @@ def record(sparsity, method, stage, seed, model, acc, **extra):
 
 def retrain(masks, sparsity, method, seed, arrays, cfg, w0, say):
     """Train a fresh network on ``masks``: new random weights, and (unless --no-rewind) W0."""
-    build = MODELS[cfg["model"]]["build"]
     out = []
     variants = [("retrained", None)] + ([] if cfg["no_rewind"] else [("rewound", w0)])
     for stage, initial in variants:
         t0 = time.perf_counter()
         # retraining draws its weights from its own stream, so they are not W0
-        model = build(np.random.default_rng([seed, 1]), masks=masks, fan=cfg["init_fan"])
+        model = build(cfg, np.random.default_rng([seed, 1]), masks=masks)
         if initial is not None:
             pruning.rewind(model, initial)
         summary, _ = train(model, arrays, cfg, seed)
@@ -227,59 +306,74 @@ def save_structure(cfg, method, sparsity, seed, model, say):
 
 
 # ---- the study, one seed --------------------------------------------------------------------
+def train_dense(seed, arrays, cfg, say):
+    """1. The dense model trained from its initial weights W0: (model, W0, record)."""
+    t0 = time.perf_counter()
+    dense = build(cfg, np.random.default_rng(seed))
+    w0 = pruning.initial_weights(dense)
+    summary, _ = train(dense, arrays, cfg, seed)
+    rec = record(0.0, "dense", "trained", seed, dense, summary["test_acc"], seconds=time.perf_counter() - t0,
+                 epoch_seconds=summary["epoch_seconds"])
+    say(f"dense: trained {100 * summary['test_acc']:.2f}% ({rec['seconds']:.1f} s)")
+    return dense, w0, rec
+
+
+def one_time(dense, s, seed, arrays, cfg, w0, say, retrain_too=True):
+    """2. Prune a copy of the trained dense model once to sparsity ``s`` and, if
+    ``retrain_too``, retrain on its mask: (records, masks)."""
+    pruned = copy.deepcopy(dense)
+    pruning.prune_once(pruned, s, scope=cfg["scope"], keep_first_dense=cfg["keep_first_dense"],
+                       keep_last_dense=cfg["keep_last_dense"])
+    acc, _ = evaluate(pruned, arrays.x_test, arrays.y_test, scale=arrays.scale, shift=arrays.shift)
+    records = [record(s, "one-time", "pruned", seed, pruned, acc)]
+    say(f"one-time {100 * s:g}%: pruned {100 * acc:.2f}% (nnz {records[-1]['nnz']:,})")
+    save_structure(cfg, "one-time", s, seed, pruned, say)
+    masks = pruning.model_masks(pruned)
+    if retrain_too:
+        records += retrain(masks, s, "one-time", seed, arrays, cfg, w0, say)
+    return records, masks
+
+
+def gradual(s, seed, arrays, cfg, w0, say, gradual_log):
+    """3. A separate run from W0 that prunes gradually to ``s``, then retraining on its mask:
+    (records, masks); the run's pruning and epoch log is appended to ``gradual_log``."""
+    t0 = time.perf_counter()
+    model = build(cfg, np.random.default_rng(seed))  # the same W0 as the dense run
+    pruner = pruning.GradualPruner(
+        model, s, begin=cfg["prune_begin_step"], end=cfg["prune_end_step"], frequency=cfg["prune_every_steps"],
+        exponent=cfg["exponent"], scope=cfg["scope"], keep_first_dense=cfg["keep_first_dense"],
+        keep_last_dense=cfg["keep_last_dense"], crossover=cfg["crossover"],
+        log=(lambda m: say("  " + m)) if cfg["verbose"] else None)
+    summary, opt = train(model, arrays, cfg, seed, callbacks=[pruner])
+    pruner.finalize(model, opt, convert=True)  # final masks once more; every pruned layer CSR
+    acc, _ = evaluate(model, arrays.x_test, arrays.y_test, scale=arrays.scale, shift=arrays.shift)
+    epochs = [r for r in summary["history"] if r["kind"] == "epoch"]
+    records = [record(s, "gradual", "pruned", seed, model, acc, seconds=time.perf_counter() - t0,
+                      epoch_seconds=summary["epoch_seconds"])]
+    say(f"gradual {100 * s:g}%: pruned {100 * acc:.2f}% (nnz {records[-1]['nnz']:,}, {records[-1]['seconds']:.1f} s)")
+    gradual_log.append({"seed": seed, "sparsity": s, "pruning": pruner.history,
+                        "epochs": [{k: r[k] for k in ("epoch", "step", "nnz", "density", "epoch_seconds",
+                                                      "test_acc", "train_loss")} for r in epochs]})
+    save_structure(cfg, "gradual", s, seed, model, say)
+    masks = pruning.model_masks(model)
+    records += retrain(masks, s, "gradual", seed, arrays, cfg, w0, say)
+    return records, masks
+
+
 def run_seed(seed, arrays, cfg, gradual_log):
     """The study for one seed: (records, {(method, sparsity): masks})."""
-    build = MODELS[cfg["model"]]["build"]
-    records, structures = [], {}
-
     def say(msg):
         print(f"[seed {seed}] {msg}", flush=True)
 
-    # 1. dense, from W0
-    t0 = time.perf_counter()
-    dense = build(np.random.default_rng(seed))
-    w0 = pruning.initial_weights(dense)
-    summary, _ = train(dense, arrays, cfg, seed)
-    records.append(record(0.0, "dense", "trained", seed, dense, summary["test_acc"],
-                          seconds=time.perf_counter() - t0, epoch_seconds=summary["epoch_seconds"]))
-    say(f"dense: trained {100 * summary['test_acc']:.2f}% ({records[-1]['seconds']:.1f} s)")
-
+    dense, w0, rec = train_dense(seed, arrays, cfg, say)
+    records, structures = [rec], {}
     for s in cfg["sparsities"]:
-        # 2. one-time: prune a copy of the trained dense model once, then retrain on its mask
-        if "one-time" in cfg["methods"]:
-            pruned = copy.deepcopy(dense)
-            pruning.prune_once(pruned, s, scope=cfg["scope"], keep_first_dense=cfg["keep_first_dense"],
-                               keep_last_dense=cfg["keep_last_dense"])
-            acc, _ = evaluate(pruned, arrays.x_test, arrays.y_test)
-            records.append(record(s, "one-time", "pruned", seed, pruned, acc))
-            say(f"one-time {100 * s:g}%: pruned {100 * acc:.2f}% (nnz {records[-1]['nnz']:,})")
-            save_structure(cfg, "one-time", s, seed, pruned, say)
-            structures[("one-time", s)] = pruning.model_masks(pruned)
-            records += retrain(structures[("one-time", s)], s, "one-time", seed, arrays, cfg, w0, say)
-
-        # 3. gradual: a separate run from W0 for each target, then retrain on its mask
-        if "gradual" in cfg["methods"]:
-            t0 = time.perf_counter()
-            model = build(np.random.default_rng(seed))  # the same W0 as the dense run
-            pruner = pruning.GradualPruner(
-                model, s, begin=cfg["prune_begin_step"], end=cfg["prune_end_step"], frequency=cfg["prune_every_steps"],
-                exponent=cfg["exponent"], scope=cfg["scope"], keep_first_dense=cfg["keep_first_dense"],
-                keep_last_dense=cfg["keep_last_dense"], crossover=cfg["crossover"],
-                log=(lambda m: say("  " + m)) if cfg["verbose"] else None)
-            summary, opt = train(model, arrays, cfg, seed, callbacks=[pruner])
-            pruner.finalize(model, opt, convert=True)  # final masks once more; every pruned layer CSR
-            acc, _ = evaluate(model, arrays.x_test, arrays.y_test)
-            epochs = [r for r in summary["history"] if r["kind"] == "epoch"]
-            records.append(record(s, "gradual", "pruned", seed, model, acc, seconds=time.perf_counter() - t0,
-                                  epoch_seconds=summary["epoch_seconds"]))
-            say(f"gradual {100 * s:g}%: pruned {100 * acc:.2f}% (nnz {records[-1]['nnz']:,}, "
-                f"{records[-1]['seconds']:.1f} s)")
-            gradual_log.append({"seed": seed, "sparsity": s, "pruning": pruner.history,
-                                "epochs": [{k: r[k] for k in ("epoch", "step", "nnz", "density", "epoch_seconds",
-                                                              "test_acc", "train_loss")} for r in epochs]})
-            save_structure(cfg, "gradual", s, seed, model, say)
-            structures[("gradual", s)] = pruning.model_masks(model)
-            records += retrain(structures[("gradual", s)], s, "gradual", seed, arrays, cfg, w0, say)
+        for method in (m for m in METHODS if m in cfg["methods"]):
+            if method == "one-time":
+                recs, structures[(method, s)] = one_time(dense, s, seed, arrays, cfg, w0, say)
+            else:
+                recs, structures[(method, s)] = gradual(s, seed, arrays, cfg, w0, say, gradual_log)
+            records += recs
     return records, structures
 
 
@@ -331,14 +425,14 @@ def measure_speed(arrays, cfg, masks_by_sparsity, n_images=10_000, repeats=3):
     GradualPruner does above the crossover) and CSR (below it). Each is one ``fit`` epoch on
     ``n_images`` images, repeated and interleaved; the minimum is kept, as the time least
     disturbed by other work on the machine, then scaled to the full training set."""
-    build = MODELS[cfg["model"]]["build"]
-    subset = ArrayData(arrays.x_train[:n_images].copy(), arrays.y_train[:n_images].copy(),
-                       arrays.x_test[:100].copy(), arrays.y_test[:100].copy())
+    subset = dataclasses.replace(arrays, x_train=arrays.x_train[:n_images].copy(),
+                                 y_train=arrays.y_train[:n_images].copy(), x_test=arrays.x_test[:100].copy(),
+                                 y_test=arrays.y_test[:100].copy())
     scale = len(arrays.x_train) / len(subset.x_train)
     never = 10**9  # a pruner that never prunes again, only re-applies its masks
 
     def one_epoch(sparsity, form):
-        model = build(np.random.default_rng(0), masks=masks_by_sparsity[sparsity] if form == "csr" else None)
+        model = build(cfg, np.random.default_rng(0), masks=masks_by_sparsity[sparsity] if form == "csr" else None)
         callbacks = []
         if form == "dense" and sparsity > 0:
             pruner = pruning.GradualPruner(model, sparsity, begin=never, end=never + 1, scope=cfg["scope"],
@@ -452,27 +546,17 @@ def main(argv=None, comm=None) -> int:
     spec = MODELS[args.model]
 
     # ---- data ----------------------------------------------------------------------------
-    ds = data.load(spec["dataset"], root=args.data_dir)
-    arrays = ArrayData.from_dataset(ds)
-    if args.quick:  # the first images of each set: a smoke test, not a measurement
-        n, m = DEFAULTS["quick_train"], DEFAULTS["quick_test"]
-        arrays = ArrayData(arrays.x_train[:n].copy(), arrays.y_train[:n].copy(),
-                           arrays.x_test[:m].copy(), arrays.y_test[:m].copy())
-    print(f"data: {ds.name} from {ds.source} ({len(arrays.x_train):,} train, {len(arrays.x_test):,} test)")
+    arrays, source = load_arrays(vars(args))
+    print(f"data: {source} ({len(arrays.x_train):,} train, {len(arrays.x_test):,} test)")
 
-    # ---- configuration: gradual pruning steps resolved from epochs --------------------------
-    cfg = vars(args).copy()
-    cfg["steps_per_epoch"] = spe = math.ceil(len(arrays.x_train) / args.batch_size)
-    total = args.epochs * spe
-    cfg["prune_end_step"] = end = max(2, round(args.prune_end * total))
-    cfg["prune_begin_step"] = begin = min(round(args.prune_begin * spe), end // 2)
-    cfg["prune_every_steps"] = min(args.prune_every, max(1, (end - begin) // 10))  # >= 10 pruning steps
+    # ---- configuration: run length and gradual pruning steps resolved from epochs -----------
+    cfg = study_config(vars(args), len(arrays.x_train))
     cfg["seed_list"] = list(range(args.first_seed, args.first_seed + args.seeds))
-    cfg["layer_shapes"] = {l.name: list(l.shape) for l in spec["build"](np.random.default_rng(0)).weight_layers()}
+    cfg["layer_shapes"] = {l.name: list(l.shape) for l in build(cfg, np.random.default_rng(0)).weight_layers()}
     cfg["sparsenn_version"] = sparsenn.__version__
     print("configuration:", json.dumps(cfg, sort_keys=True))
-    print(f"model: {spec['about']}; gradual pruning from step {begin} to {end} every "
-          f"{cfg['prune_every_steps']} steps, then fine-tuning to step {total}")
+    print(f"model: {spec['about']}; gradual pruning from step {cfg['prune_begin_step']} to {cfg['prune_end_step']} "
+          f"every {cfg['prune_every_steps']} steps, then fine-tuning to step {cfg['total_steps']}")
     thread_info()
 
     # ---- the study ---------------------------------------------------------------------
@@ -489,7 +573,7 @@ def main(argv=None, comm=None) -> int:
     # ---- results -------------------------------------------------------------------------
     rows = table_rows(records, args.sparsities)
     print()
-    print(f"{spec['about']} on {ds.name}: prune, then retrain on the pruned structure")
+    print(f"{spec['about']} on {spec['dataset']}: prune, then retrain on the pruned structure")
     print(format_table(rows))
     print("Alford et al. 2019 (%):", json.dumps({str(k): v for k, v in REFERENCE_2019.items()}))
     elapsed = time.perf_counter() - t_start

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, float32
 
 WARP = 32
 ROWS_PER_BLOCK = 4  # spmm: four warps per block, one sparse row per warp
@@ -391,19 +391,21 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
 
 
 @cuda.jit
-def _gather_batch_kernel(data, idx, out):
-    """out[f, b] = data[idx[b], f].  data[n, n_features] (batch-major), idx[batch],
-    out[n_features, batch]. Thread x along f: a warp reads 32 neighbouring features of one
-    sample (coalesced); grid y along b."""
+def _gather_batch_kernel(data, idx, scale, shift, out):
+    """out[f, b] = data[idx[b], f] * scale[f] + shift[f].  data[n, n_features] (batch-major,
+    uint8 or float32), idx[batch], scale/shift[n_features] float32, out[n_features, batch].
+    Thread x along f: a warp reads 32 neighbouring features of one sample (coalesced); grid y
+    along b."""
     f = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     b = cuda.blockIdx.y
     if f < out.shape[0]:
-        out[f, b] = data[idx[b], f]
+        out[f, b] = float32(data[idx[b], f]) * scale[f] + shift[f]
 
 
-def gather_batch(data, idx, out):
+def gather_batch(data, idx, scale, shift, out):
     n_features, batch = out.shape
-    _gather_batch_kernel[(_blocks(n_features, ELEMENTWISE_THREADS), max(1, batch)), ELEMENTWISE_THREADS](data, idx, out)
+    _gather_batch_kernel[(_blocks(n_features, ELEMENTWISE_THREADS), max(1, batch)), ELEMENTWISE_THREADS](
+        data, idx, scale, shift, out)
 
 
 @cuda.jit
@@ -442,6 +444,7 @@ def ptx_examples():
         (_softmax_xent_kernel, (x, np.zeros(3, i64), y, np.zeros(2, f))),
         (_sgd_kernel, (data, v, v, f(0.1), f(0.9), f(1e-4), True)),
         (_adam_kernel, (data, v, v, v) + tuple(f(s) for s in (0.1, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001))),
-        (_gather_batch_kernel, (np.ones((4, 2), f), np.zeros(3, i64), x)),
+        (_gather_batch_kernel, (np.ones((4, 2), f), np.zeros(3, i64), v, v, x)),
+        (_gather_batch_kernel, (np.ones((4, 2), np.uint8), np.zeros(3, i64), v, v, x)),
         (_take_kernel, (np.zeros(4, i64), np.zeros(3, i64), np.zeros(3, i64))),
     ]

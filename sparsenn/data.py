@@ -58,7 +58,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -190,25 +190,14 @@ class Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def to_features_major(images, mean=0.0, std=1.0) -> np.ndarray:
-    """Scale uint8 images to [0, 1], normalise, and lay them out as ``(n_features, n)``.
+def normalisation(image_shape, mean=0.0, std=1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)``, float32 ``(n_features,)`` each, such that a pixel ``p`` of feature
+    ``f`` becomes ``p * scale[f] + shift[f]`` = ``(p / 255 - mean[channel of f]) / std[channel of f]``.
 
-    ``images``: uint8 ``(n, ...)``, e.g. ``(n, 28, 28)`` or ``(n, 3, 32, 32)``.
-    ``mean``, ``std``: scalars, or one value per channel when ``images`` is ``(n, C, H, W)``.
-    Returns float32 ``(n_features, n)``, C-contiguous, with
-    ``x[f, i] = (images[i].ravel()[f] / 255 - mean[channel of f]) / std[channel of f]``.
-    Feature ``f`` is the row-major index into one image, so for CIFAR the 1024 red pixels come
-    first, then green, then blue.
+    ``image_shape``: one image's shape, e.g. ``(28, 28)`` or ``(3, 32, 32)``. ``mean``, ``std``:
+    scalars, or one value per channel for channels-first ``(C, H, W)`` images.
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"images must be uint8 (as loaded), got {images.dtype}")
-    if images.ndim < 2:
-        raise ValueError(f"images must be (n, ...) with at least 2 dimensions, got {images.shape}")
-    n = images.shape[0]
-    n_features = int(np.prod(images.shape[1:]))
-    flat = images.reshape(n, n_features)  # (n, n_features); -1 would fail for n == 0
-
+    n_features = int(np.prod(image_shape))
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     if mean.shape != std.shape or mean.ndim > 1:
@@ -220,25 +209,49 @@ def to_features_major(images, mean=0.0, std=1.0) -> np.ndarray:
         raise ValueError(f"std must be finite and > 0 and mean finite, got mean={mean}, std={std}")
     if mean.ndim == 1:
         n_channels = mean.shape[0]
-        if images.ndim != 4 or images.shape[1] != n_channels:
+        if len(image_shape) != 3 or image_shape[0] != n_channels:
             raise ValueError(
                 f"{n_channels} per-channel means need images of shape (n, {n_channels}, H, W), "
-                f"got {images.shape}"
+                f"got (n, {', '.join(map(str, image_shape))})"
             )
         # Channels-first images flatten channel by channel: one (mean, std) per block of H*W.
         per_pixel = n_features // n_channels
-        scale = np.repeat(1.0 / (255.0 * std), per_pixel)[:, None]  # (n_features, 1)
-        shift = np.repeat(-mean / std, per_pixel)[:, None]  # (n_features, 1)
+        scale = np.repeat(1.0 / (255.0 * std), per_pixel)
+        shift = np.repeat(-mean / std, per_pixel)
     else:
-        scale, shift = 1.0 / (255.0 * std), -mean / std
+        scale = np.full(n_features, 1.0 / (255.0 * std))
+        shift = np.full(n_features, -mean / std)
+    # (p/255 - mean)/std == p * (1/(255 std)) + (-mean/std): one multiply-add
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def to_features_major(images, mean=0.0, std=1.0) -> np.ndarray:
+    """Scale uint8 images to [0, 1], normalise, and lay them out as ``(n_features, n)``.
+
+    ``images``: uint8 ``(n, ...)``, e.g. ``(n, 28, 28)`` or ``(n, 3, 32, 32)``.
+    ``mean``, ``std``: scalars, or one value per channel when ``images`` is ``(n, C, H, W)``.
+    Returns float32 ``(n_features, n)``, C-contiguous, with
+    ``x[f, i] = (images[i].ravel()[f] / 255 - mean[channel of f]) / std[channel of f]``
+    computed as ``p * scale[f] + shift[f]`` in float32 (:func:`normalisation`).
+    Feature ``f`` is the row-major index into one image, so for CIFAR the 1024 red pixels come
+    first, then green, then blue.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 (as loaded), got {images.dtype}")
+    if images.ndim < 2:
+        raise ValueError(f"images must be (n, ...) with at least 2 dimensions, got {images.shape}")
+    n = images.shape[0]
+    n_features = int(np.prod(images.shape[1:]))
+    flat = images.reshape(n, n_features)  # (n, n_features); -1 would fail for n == 0
+    scale, shift = normalisation(images.shape[1:], mean, std)
 
     # Assigning the transposed view into a preallocated C-order array is several times faster
     # than np.ascontiguousarray(flat.T) for this uint8 -> float32 cast.
     x = np.empty((n_features, n), dtype=np.float32)  # (n_features, n)
     x[...] = flat.T
-    # (p/255 - mean)/std == p * (1/(255 std)) + (-mean/std): one multiply-add, in place.
-    x *= np.asarray(scale, dtype=np.float32)
-    x += np.asarray(shift, dtype=np.float32)
+    x *= scale[:, None]
+    x += shift[:, None]
     return x
 
 
@@ -780,3 +793,18 @@ def load(name: str, root=None, download: bool = True, verify: bool = True) -> Da
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(_LOADERS)}")
     return _LOADERS[key](root=root, download=download, verify=verify)
+
+
+def hold_out(ds: Dataset, train_size: int) -> Dataset:
+    """``ds`` training on its *last* ``train_size`` training images only; the first
+    ``n_train - train_size`` are held back (the test set is unchanged).
+
+    This is TensorFlow's ``mnist.input_data.read_data_sets(validation_size=5000)``, which the
+    2019 study used: images [0, 5000) become the validation set and [5000, 60000) train, so
+    ``hold_out(mnist, 55_000)`` trains on the same 55,000 images. The arrays are views.
+    """
+    n = len(ds.train_images)
+    if not 1 <= int(train_size) <= n:
+        raise ValueError(f"train_size must be in [1, {n}] for {ds.name}, got {train_size}")
+    start = n - int(train_size)
+    return replace(ds, train_images=ds.train_images[start:], train_labels=ds.train_labels[start:])

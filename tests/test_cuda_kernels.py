@@ -141,8 +141,13 @@ def test_gather_batch_and_take_match_reference(rng):
     labels = rng.integers(0, 10, 20)
     idx = rng.permutation(20)[:6]
     out = cuda.device_array((7, 6), np.float32)
-    ck.gather_batch(dev(data), dev(idx), out)
+    ones, zeros = np.ones(7, np.float32), np.zeros(7, np.float32)
+    ck.gather_batch(dev(data), dev(idx), dev(ones), dev(zeros), out)
     np.testing.assert_array_equal(out.copy_to_host(), gather_batch_ref(data, idx))
+    pixels = rng.integers(0, 256, (20, 7), dtype=np.uint8)  # uint8, normalised while gathered
+    scale, shift = rng.random(7).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    ck.gather_batch(dev(pixels), dev(idx), dev(scale), dev(shift), out)
+    np.testing.assert_allclose(out.copy_to_host(), gather_batch_ref(pixels, idx, scale, shift), rtol=1e-6)
     y = cuda.device_array(6, labels.dtype)
     ck.take(dev(labels), dev(idx), y)
     np.testing.assert_array_equal(y.copy_to_host(), labels[idx])

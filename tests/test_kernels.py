@@ -158,3 +158,20 @@ def test_softmax_xent_is_stable_for_huge_logits():
     assert np.isfinite(loss) and np.all(np.isfinite(d))
     # sample 0 is certain and right (loss 0); sample 1 puts e^-1 / (1 + e^-1) on its label
     assert loss == pytest.approx(0.5 * np.log1p(np.exp(1.0)), rel=1e-5)
+
+
+def test_gather_batch_copies_float_rows_exactly_and_normalises_pixels_like_to_features_major(rng):
+    from sparsenn.data import normalisation, to_features_major
+    from sparsenn.kernels import gather_batch, gather_batch_ref
+
+    idx = rng.permutation(50)[:13]
+    feats = rng.standard_normal((50, 70)).astype(np.float32)
+    out = np.full((70, 13), np.nan, np.float32)
+    gather_batch(feats, idx, np.ones(70, np.float32), np.zeros(70, np.float32), out)
+    np.testing.assert_array_equal(out, gather_batch_ref(feats, idx))  # scale 1, shift 0: a copy
+    images = rng.integers(0, 256, (50, 7, 10), dtype=np.uint8)  # 70 features per image
+    scale, shift = normalisation(images.shape[1:], 0.1307, 0.3081)
+    gather_batch(images.reshape(50, 70), idx, scale, shift, out)
+    # the same bits as normalising the whole set first, then gathering the batch from it
+    np.testing.assert_array_equal(out, to_features_major(images, 0.1307, 0.3081)[:, idx])
+    np.testing.assert_array_equal(out, gather_batch_ref(images.reshape(50, 70), idx, scale, shift))
