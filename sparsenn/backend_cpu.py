@@ -78,9 +78,7 @@ def sum_batch(dy, out) -> None:
 def spmm(pattern, data, x, out, bias=None) -> None:
     """out = W x (+ bias[:, None]) for W = (pattern, data)."""
     bounds, _ = pattern.splits(numba.get_num_threads())
-    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds)
-    if bias is not None:
-        out += bias[:, None]
+    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias)  # the bias in the same pass
 
 
 def spmm_t(pattern, data, dy, out) -> None:
@@ -99,14 +97,12 @@ def sddmm(pattern, dy, x, out) -> None:
 
 
 def relu(x, out) -> None:
-    np.maximum(x, 0, out=out)
+    _k.relu(x.reshape(-1), out.reshape(-1))
 
 
 def relu_backward(y, dy, dx) -> None:
     """dx = dy where y > 0, else 0 (y the ReLU's output)."""
-    # y >= 0, so sign(y) is exactly the 0/1 mask: two passes, no temporary array per step
-    np.sign(y, out=dx)
-    dx *= dy
+    _k.relu_backward(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
 
 
 def multiply(w, mask) -> None:

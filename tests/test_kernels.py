@@ -93,6 +93,10 @@ def test_fast_and_plain_kernels_equal_the_twins_at_every_block_width(rng, batch,
             dx = np.full((p.shape[1], batch), np.nan, dtype)
             kernel(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
             np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data, dy, p.t_perm), **tol)
+        bias = rng.standard_normal(p.shape[0]).astype(dtype)  # the fused bias of the forward
+        out = np.full((p.shape[0], batch), np.nan, dtype)
+        spmm(p.indptr, p.indices, data, x, out, bounds, None, bias)
+        np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, x) + bias[:, None], **tol)
         for kernel in (sddmm, sddmm_plain):
             g = np.full(p.nnz, np.nan, dtype)
             kernel(p.indptr, p.indices, dy, x, g, bounds)
@@ -175,3 +179,33 @@ def test_gather_batch_copies_float_rows_exactly_and_normalises_pixels_like_to_fe
     # the same bits as normalising the whole set first, then gathering the batch from it
     np.testing.assert_array_equal(out, to_features_major(images, 0.1307, 0.3081)[:, idx])
     np.testing.assert_array_equal(out, gather_batch_ref(images.reshape(50, 70), idx, scale, shift))
+
+
+def test_batch_blocks_cover_every_column_with_register_block_widths():
+    from sparsenn.kernels import batch_blocks
+
+    for batch in range(1, 400):
+        blocks = batch_blocks(batch)
+        covered = np.zeros(batch, bool)
+        for b0, w in blocks:
+            if w == 0:  # the tail loop, only for batches under 48 columns
+                assert batch < 48 and len(blocks) == 1
+                covered[b0:] = True
+            else:
+                assert w in (48, 64, 96, 128) and 0 <= b0 and b0 + w <= batch
+                covered[b0:b0 + w] = True
+        assert covered.all(), batch
+
+
+def test_relu_kernels_equal_numpy(rng):
+    from sparsenn.kernels import relu, relu_backward
+
+    x = rng.standard_normal(1000).astype(np.float32)
+    x[:5] = 0.0
+    y = np.empty_like(x)
+    relu(x, y)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    dy = rng.standard_normal(1000).astype(np.float32)
+    dx = np.empty_like(x)
+    relu_backward(y, dy, dx)
+    np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))
