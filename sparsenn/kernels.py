@@ -333,23 +333,24 @@ def sddmm_ref(indptr, indices, dy, x):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def relu(x, out):
     """out = max(x, 0). x[n], out[n] (flat views of the activations). Cost O(n).
 
     NumPy's ``np.maximum(x, 0, out=out)`` took 9 us on a 300x100 float32 activation here (it
-    propagates NaNs with a slower loop); this loop takes 2-3.
+    propagates NaNs with a slower loop); this loop takes 2, on one thread: at LeNet sizes
+    starting the thread pool would cost more than a second core saves.
     """
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         out[i] = v if v > 0 else v * 0
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def relu_backward(y, dy, dx):
     """dx = dy where y > 0, else 0: y = max(x, 0) is the forward's output, and y > 0 exactly
     where x > 0. y[n], dy[n], dx[n]: flat. One pass (NumPy needed two: sign, then multiply)."""
-    for i in prange(y.shape[0]):
+    for i in range(y.shape[0]):
         dx[i] = dy[i] if y[i] > 0 else dy[i] * 0
 
 

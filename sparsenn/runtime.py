@@ -15,10 +15,12 @@ the dense product when alternated, the same as each alone. Dense BLAS keeps all 
 
 Second, the other direction: Numba's OpenMP workers spin after each parallel kernel (libgomp's
 default spin count) and then take the cores from the BLAS threads of the next dense product.
-``GOMP_SPINCOUNT=10000`` (a few microseconds of spinning) must be in the environment before
+``GOMP_SPINCOUNT=2000`` (about a microsecond of spinning) must be in the environment before
 Numba starts its OpenMP pool, i.e. before the first parallel kernel runs. Measured on one
-dense LeNet-300-100 epoch: 1.13 s with libgomp's default, 0.81 s with 10000; the sparse radix
-epoch was unchanged (0.33 s). (0 is no better and 100000 is worse: 1.60 s.)
+LeNet-300-100 epoch with the current kernels (dense / radix, seconds): libgomp's default
+spin count is far worse (1.13 s dense, measured with older kernels); 10000: 0.645 / 0.175;
+3000: 0.54 / 0.177; 2000: 0.52 / 0.178; 1000: 0.505 / 0.195; 100: 0.67 / 0.57 (every
+kernel then waits for its threads to wake); 100000: 1.10 dense.
 
 A second measure: :func:`matmul` runs *small* dense products (under ``SMALL_GEMM_FLOPS``) on a
 single BLAS thread. Waking the sleeping pool costs more than a second core saves there: in a
@@ -108,8 +110,8 @@ def configure_blas_threads() -> None:
     if "GOMP_SPINCOUNT" in os.environ:
         notes.append(f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']} set by user")
     else:
-        os.environ["GOMP_SPINCOUNT"] = "10000"  # read by libgomp when Numba first loads it
-        notes.append("GOMP_SPINCOUNT=10000")
+        os.environ["GOMP_SPINCOUNT"] = "2000"  # read by libgomp when Numba first loads it
+        notes.append("GOMP_SPINCOUNT=2000")
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         notes.append(f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']} set by user")
     else:
