@@ -1,0 +1,73 @@
+"""examples/scale.py: the scaling study's --quick run end to end, its records and its fit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = os.path.join(REPO, "examples", "scale.py")
+KEYS = {"impl", "topology", "widths", "neurons", "connections", "epochs", "seconds_per_epoch", "extrapolated",
+        "peak_rss_bytes", "state_bytes", "test_acc", "dense_weight_bytes"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scale")
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--no-torch", "--no-progress",
+                           "--json", str(out / "s.json"), "--plot", str(out / "s.png")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads((out / "s.json").read_text()), out
+
+
+def test_every_run_has_the_documented_keys(quick):
+    _, records, _ = quick
+    runs = [r for r in records if r.get("kind") != "fit"]
+    assert {(r["topology"], r["widths"][0]) for r in runs} == {(t, w) for t in ("radix", "random") for w in (64, 256)}
+    for r in runs:
+        assert KEYS <= set(r), KEYS - set(r)
+        assert r["impl"] == "sparsenn" and r["neurons"] == sum(r["widths"]) == 2 * r["widths"][0]
+        assert r["seconds_per_epoch"] > 0 and not r["extrapolated"] and 0 < r["test_acc"] <= 1
+        assert r["dense_weight_bytes"] == 4 * (784 * r["widths"][0] + r["widths"][0] ** 2 + 10 * r["widths"][0])
+        assert r["peak_rss_bytes"] > r["state_bytes"] > 4 * r["connections"]
+
+
+def test_radix_and_random_have_the_same_connections(quick):
+    _, records, _ = quick
+    runs = [r for r in records if r.get("kind") != "fit"]
+    for w in (64, 256):
+        radix, random = (next(r for r in runs if r["topology"] == t and r["widths"][0] == w) for t in ("radix", "random"))
+        assert radix["connections"] == random["connections"]
+
+
+def test_fit_records_give_the_least_squares_slope(quick):
+    out, records, _ = quick
+    for topology in ("radix", "random"):
+        (fit,) = [r for r in records if r.get("kind") == "fit" and r["topology"] == topology]
+        pts = [(r["connections"], r["seconds_per_epoch"]) for r in records
+               if r.get("kind") != "fit" and r["topology"] == topology]
+        slope = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)[0]
+        assert fit["slope"] == pytest.approx(slope)
+        assert f"slope of log(s/epoch) vs log(connections), {topology}: {fit['slope']:.3f}" in out
+
+
+def test_plot_written_when_matplotlib_is_installed(quick):
+    out, _, path = quick
+    pytest.importorskip("matplotlib")
+    assert (path / "s.png").stat().st_size > 10_000 and "plot:" in out
+
+
+def test_dense_bytes_and_connection_estimates():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", SCRIPT)
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    assert scale.dense_weight_bytes(262144, 4) == 4 * (784 * 262144 + 3 * 262144 ** 2 + 262144 * 10)
+    assert scale.dense_weight_bytes(262144, 4) > 8e11  # 825 GB: the dense twin of the top model cannot be built
+    assert scale.connections(1024, 4, 32) == 4 * 1024 * 32 + 1024 * 10
