@@ -72,6 +72,12 @@ OPS = ("forward", "backward_input", "weight_grad")
 IMPLS = ("sparsenn", "plain", "scipy", "dense_numpy", "torch")  # plain: the textbook loops
 SGEMM = (4096, 4096)  # the dense yardstick: (4096x4096) @ (4096xBATCH) float32 through NumPy's BLAS
 SMALL_NNZ = 20_000  # below this a call's fixed cost dominates: a lower target (#12)
+# --scale: layers of the scaling study (examples/scale.py): x and y outgrow L2 (1 MB per core)
+# at 4,096 neurons' neighbours and L3 (32 MB) at 262,144 (x: 105 MB at batch 100)
+SCALE_SIZES = (4096, 65536, 262144)
+SCALE_FAN_IN = 32
+SCALE_BATCH = 100
+SCALE_TARGET = 0.6  # issue #13: GFLOP/s at 262,144 neurons >= 0.6x the same kernel's rate at 4,096
 
 
 @dataclass(frozen=True)
@@ -365,6 +371,86 @@ def check_targets(cases, results, sgemm) -> list[tuple[str, str, str, float | No
 
 
 # ---------------------------------------------------------------------------------------------
+# --asm: what the hot loops compile to
+# ---------------------------------------------------------------------------------------------
+
+
+def asm_report() -> None:
+    """Compile fresh copies of the kernels (cached code cannot be inspected) for float32 and
+    count, in the machine code, fused multiply-adds on 512-bit (zmm), 256-bit (ymm) and scalar or
+    128-bit (xmm) registers, and gathers (a sign that LLVM vectorised across nonzeros instead)."""
+    import re
+
+    from numba import njit
+
+    from sparsenn import kernels as K
+
+    p, data, x, dy = make_operands(Case(64, 96, 0.2))
+    bounds = balanced_row_splits(p.indptr, numba.get_num_threads())
+    y, dw = np.empty((64, BATCH), np.float32), np.empty(p.nnz, np.float32)
+    runs = {
+        "spmm, 128-column register block (_spmm_128)": (K._spmm_128, (p.indptr, p.indices, data, x, y, bounds, 0, None, None)),
+        "spmm, 48-column register block (_spmm_48)": (K._spmm_48, (p.indptr, p.indices, data, x, y, bounds, 0, None, None)),
+        "spmm_plain": (K.spmm_plain, (p.indptr, p.indices, data, x, y, bounds)),
+        "sddmm": (K.sddmm, (p.indptr, p.indices, dy, x, dw, bounds)),
+        "sddmm_plain": (K.sddmm_plain, (p.indptr, p.indices, dy, x, dw, bounds)),
+    }
+    print("\nFMA instructions in the compiled kernels (float32):")
+    for name, (kernel, args) in runs.items():
+        fresh = njit(parallel=True, fastmath=True)(kernel.py_func)
+        fresh(*args)
+        asm = "\n".join(fresh.inspect_asm().values())
+        count = {reg: len(re.findall(rf"vfmadd\w*\s+[^\n]*%{reg}", asm)) for reg in ("zmm", "ymm", "xmm")}
+        print(f"  {name:<46} zmm {count['zmm']:>3}  ymm {count['ymm']:>3}  xmm {count['xmm']:>3}  "
+              f"gathers {len(re.findall(r'vgather', asm))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# --scale: the same kernels on layers beyond the caches
+# ---------------------------------------------------------------------------------------------
+
+
+def scale_study(timing) -> int:
+    """Each product on an n x n layer with in-degree SCALE_FAN_IN (a RadiX-Net layer and a random
+    one), batch SCALE_BATCH; GFLOP/s and the ratio to the same kernel at the smallest size."""
+    from sparsenn import topology
+
+    print(f"\nLayers beyond the caches: n x n, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}; useful GFLOP/s "
+          f"and the ratio to the same kernel and topology at {SCALE_SIZES[0]:,} neurons")
+    print(f"{'topology':<8} {'neurons':>9} {'nnz':>12} {'x MB':>6}" + "".join(f"{op:>16}" for op in OPS)
+          + "".join(f"{'vs ' + str(SCALE_SIZES[0]):>9}" for _ in OPS))
+    rates, verdicts = {}, []
+    for name in ("radix", "random"):
+        for n in SCALE_SIZES:
+            rng = np.random.default_rng([SEED, n])
+            if name == "radix":
+                (mask,) = topology.radix_widths([n, n], [SCALE_FAN_IN], progress=False)
+            else:
+                mask = topology.random_fan_in(n, n, SCALE_FAN_IN, rng)
+            p = CSRPattern.from_arrays(mask.indptr, mask.indices, mask.shape)
+            del mask
+            data = rng.standard_normal(p.nnz, dtype=np.float32)
+            x = rng.standard_normal((n, SCALE_BATCH), dtype=np.float32)
+            dy = rng.standard_normal((n, SCALE_BATCH), dtype=np.float32)
+            fns = _sparsenn_ops(p, data, x, dy)
+            line = f"{name:<8} {n:>9,} {p.nnz:>12,} {x.nbytes / 1e6:>6.0f}"
+            for op in OPS:
+                t = median_time(fns[op], lambda _: None, **timing)
+                rates[(name, n, op)] = 2 * p.nnz * SCALE_BATCH / t / 1e9
+                line += f"{rates[(name, n, op)]:>16.1f}"
+            for op in OPS:
+                r = rates[(name, n, op)] / rates[(name, SCALE_SIZES[0], op)]
+                line += f"{r:>9.2f}"
+                if n == SCALE_SIZES[-1]:
+                    verdicts.append(("PASS" if r >= SCALE_TARGET else "FAIL", name, op, r))
+            print(line, flush=True)
+    print(f"\nTarget: GFLOP/s at {SCALE_SIZES[-1]:,} neurons >= {SCALE_TARGET}x the rate at {SCALE_SIZES[0]:,}:")
+    for verdict, name, op, r in verdicts:
+        print(f"{verdict}  {name:<7} {op:<15} {r:.2f}x")
+    return sum(v == "FAIL" for v, *_ in verdicts)
+
+
+# ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
 
@@ -381,6 +467,11 @@ def parse_args(argv):
                     help=f"comma-separated shapes to run, from {', '.join(shapes)} (default all); "
                          f"the density sweep runs when {SWEEP.shape} is among them")
     ap.add_argument("--check", action="store_true", help="exit 1 if any target FAILs")
+    ap.add_argument("--asm", action="store_true",
+                    help="instead: compile the hot kernels afresh and count their AVX-512 FMA instructions")
+    ap.add_argument("--scale", action="store_true",
+                    help=f"instead: the three products on square layers of {', '.join(f'{n:,}' for n in SCALE_SIZES)} "
+                         f"neurons, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}, RadiX and random (beyond the caches)")
     args = ap.parse_args(argv)
     cli.check_output_paths(args, files=("json",), parser=ap)
     if args.cases:
@@ -419,6 +510,15 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at start: {load:.2f} (other busy processes stall every threaded kernel)")
     print(f"config: batch={BATCH} seed={SEED} {timing} quick={args.quick}")
+    if args.asm:
+        asm_report()
+        return 0
+    if args.scale:
+        if args.quick:  # 262,144 x 32 takes seconds to build and a second per call: not for tests
+            print("--scale ignores --quick's sizes: it runs the full sizes with few calls")
+        failed = scale_study(dict(timing, min_calls=min(timing["min_calls"], 5)))
+        print(f"elapsed {time.perf_counter() - wall:.1f} s")
+        return 1 if args.check and failed else 0
     print(f"cases: {', '.join(c.label for c in cases)}")
     if sweep_cases:
         print(f"sweep: forward {SWEEP.shape} at densities {', '.join(f'{d:g}' for d in SWEEP_DENSITIES)}")

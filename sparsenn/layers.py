@@ -30,13 +30,16 @@ from sparsenn.device import backend, to_host
 
 
 class Parameter:
-    """A trainable array, its gradient (same shape) and whether weight decay applies to it."""
+    """A trainable array, its gradient (same shape), whether weight decay applies to it, and a
+    factor on the optimiser's learning rate for it (``lr_scale``, 1 unless a model builder says
+    otherwise, e.g. the wide readout of :func:`sparsenn.models.sparse_mlp`)."""
 
-    def __init__(self, value: np.ndarray, name: str, decay: bool = True):
+    def __init__(self, value: np.ndarray, name: str, decay: bool = True, lr_scale: float = 1.0):
         self.value = value
         self.grad = np.zeros_like(value)
         self.name = name
         self.decay = decay
+        self.lr_scale = float(lr_scale)
 
     def to(self, ops) -> None:
         """Move the value to the backend ``ops`` (a copy); the gradient starts at zero there."""

@@ -137,7 +137,8 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
 
-    Weight decay applies only to parameters with ``decay=True`` (weights, not biases).
+    Weight decay applies only to parameters with ``decay=True`` (weights, not biases); each
+    parameter's step uses ``lr * p.lr_scale``.
     """
 
     state_names = ("velocity",)
@@ -157,7 +158,7 @@ class SGD(Optimizer):
         for p, st in zip(self.params, self.state):
             wd = self.weight_decay if p.decay else 0.0
             self.ops.sgd_update(_flat(p.value), _flat(p.grad), _flat(st["velocity"]),
-                       self.lr, self.momentum, wd, self.nesterov)
+                                self.lr * p.lr_scale, self.momentum, wd, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -182,4 +183,4 @@ class Adam(Optimizer):
         for p, st in zip(self.params, self.state):
             wd = self.weight_decay if p.decay else 0.0
             self.ops.adam_update(_flat(p.value), _flat(p.grad), _flat(st["m"]), _flat(st["v"]),
-                        self.lr, b1, b2, self.eps, wd, bc1, bc2)
+                                 self.lr * p.lr_scale, b1, b2, self.eps, wd, bc1, bc2)

@@ -70,3 +70,25 @@ def test_state_dict_round_trip(rng):
 def test_sgd_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SGD([Parameter(np.zeros(2, np.float32), "w")], **kwargs)
+
+
+def test_lr_scale_multiplies_the_learning_rate_of_one_parameter():
+    from sparsenn.layers import Parameter
+    from sparsenn.optim import SGD
+
+    a = Parameter(np.ones(3, np.float32), "a")
+    b = Parameter(np.ones(3, np.float32), "b", lr_scale=0.25)
+    a.grad[:] = b.grad[:] = 1.0
+    SGD([a, b], lr=0.4).step()
+    np.testing.assert_allclose(a.value, 1 - 0.4)
+    np.testing.assert_allclose(b.value, 1 - 0.1)
+
+
+def test_sparse_mlp_scales_only_a_readout_wider_than_1024():
+    from sparsenn.models import sparse_mlp
+
+    rng = np.random.default_rng(0)
+    narrow = sparse_mlp([64, 64], fan_in=8, rng=rng)
+    wide = sparse_mlp([4096, 4096], fan_in=8, rng=rng)
+    assert narrow.layers[-1].weight.lr_scale == 1.0 and wide.layers[-1].weight.lr_scale == 0.25
+    assert all(p.lr_scale == 1.0 for p in wide.parameters() if p is not wide.layers[-1].weight)
