@@ -84,11 +84,12 @@ def test_lr_scale_multiplies_the_learning_rate_of_one_parameter():
     np.testing.assert_allclose(b.value, 1 - 0.1)
 
 
-def test_sparse_mlp_scales_only_a_readout_wider_than_1024():
-    from sparsenn.models import sparse_mlp
+def test_sparse_mlp_scales_only_a_readout_wider_than_65536():
+    from sparsenn import models
 
     rng = np.random.default_rng(0)
-    narrow = sparse_mlp([64, 64], fan_in=8, rng=rng)
-    wide = sparse_mlp([4096, 4096], fan_in=8, rng=rng)
+    narrow = models.sparse_mlp([64, 64], fan_in=8, rng=rng)
+    wide = models.sparse_mlp([256, 256], fan_in=8, rng=rng, readout_lr_scale=0.25)
     assert narrow.layers[-1].weight.lr_scale == 1.0 and wide.layers[-1].weight.lr_scale == 0.25
+    assert models.READOUT_WIDTH == 65536
     assert all(p.lr_scale == 1.0 for p in wide.parameters() if p is not wide.layers[-1].weight)
