@@ -12,7 +12,8 @@ For every (topology, width): a depth-``--depth`` MLP 784 -> width x depth -> 10 
 RadiX-Net's structure allows: 24-25 inputs per neuron at fan-in 32 and widths 2^k);
 ``random``: the random equivalent of that RadiX model (``random-equivalent``: every neuron keeps
 its in-degree, its inputs drawn uniformly), so both have exactly the same connections.
-Trained with SGD + Nesterov and a cosine schedule on MNIST (``--dataset fashion-mnist`` too).
+Trained with SGD + Nesterov, a linear warmup (``--warmup`` steps) then a cosine schedule, on
+MNIST (``--dataset fashion-mnist`` too).
 
 Each run is its own process (peak memory is per run, and one run's arrays do not linger into
 the next). It records neurons, connections, seconds per epoch (from full epochs, or from
@@ -54,7 +55,9 @@ DEFAULTS = dict(
     topologies=["radix", "random"],
     epochs=1,            # full epochs per run (the accuracy target asks 3 of the top model)
     batch_size=100,      # as everywhere in this project
-    lr=0.05,             # SGD + Nesterov 0.9, cosine to 0 over the run, weight decay 5e-4
+    lr=0.1,              # SGD + Nesterov 0.9, cosine to 0 over the run, weight decay 5e-4 ...
+    warmup=200,          # ... after a linear warmup: at lr 0.1 from step 0 the 262,144-wide model
+                         # diverged at step 11 (the loss over 230 in 10 steps)
     fit_from=1_000_000,  # the slope is fitted from about 1M connections up
     torch_steps=20,      # PyTorch dense: time this many steps and extrapolate
     torch_max_bytes=4 << 30,  # ... at the widths where its weights, gradients and momentum fit here
@@ -81,6 +84,8 @@ def parse_args(argv=None):
                    help="connections from which --steps applies (smaller models train --epochs)")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--warmup", type=cli.nonneg_int, default=DEFAULTS["warmup"],
+                   help="steps of linear learning-rate warmup (at most half the run)")
     p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--data-dir", help="where the dataset lives (default: $SPARSENN_DATA, then data/, ...)")
@@ -167,7 +172,8 @@ def run_sparsenn(cfg, arrays, comm=None) -> dict:
     opt = SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = -(-len(arrays.x_train) // cfg["batch_size"])
     total = cfg["steps"] or cfg["epochs"] * steps_per_epoch
-    summary = fit(model, arrays, opt, schedules.make("cosine", cfg["lr"], total), steps=total,
+    schedule = schedules.make("cosine", cfg["lr"], total, warmup=min(cfg["warmup"], total // 2))
+    summary = fit(model, arrays, opt, schedule, steps=total,
                   batch_size=cfg["batch_size"], seed=cfg["seed"], progress=cfg["progress"],
                   eval_batch_size=cfg["batch_size"],  # a 1000-image batch would need 1 GB per wide layer
                   parallel=parallel, log=lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -184,7 +190,8 @@ def run_sparsenn(cfg, arrays, comm=None) -> dict:
                 peak_rss_bytes=peak_rss_bytes(), state_bytes=state_bytes(model, opt),
                 test_acc=None if cfg["steps"] else summary["test_acc"],
                 dense_weight_bytes=dense_weight_bytes(cfg["width"], cfg["depth"]),
-                batch_size=cfg["batch_size"], lr=cfg["lr"], dataset=cfg["dataset"], train_images=len(arrays.x_train),
+                batch_size=cfg["batch_size"], lr=cfg["lr"], warmup=cfg["warmup"], dataset=cfg["dataset"],
+                train_images=len(arrays.x_train),
                 ranks=1 if comm is None else comm.Get_size())
 
 
@@ -352,10 +359,11 @@ def study(args, comm=None) -> int:
     rank0 = comm is None or comm.Get_rank() == 0
     say = (lambda *a: print(*a, flush=True)) if rank0 else (lambda *a: None)
     base = dict(depth=args.depth, fan_in=args.fan_in, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                warmup=args.warmup,
                 seed=args.seed, dataset=args.dataset, data_dir=args.data_dir, train_size=args.train_size,
                 torch_steps=args.torch_steps, progress=not args.no_progress and rank0)
     say(f"scaling study: widths {args.widths} x depth {args.depth}, fan-in {args.fan_in}, topologies "
-        f"{args.topologies}, batch {args.batch_size}, lr {args.lr}, "
+        f"{args.topologies}, batch {args.batch_size}, lr {args.lr} after {args.warmup} warmup steps, "
         + (f"{args.steps} timed steps from {args.steps_from:,} connections, else " if args.steps else "")
         + f"{args.epochs} epoch(s)" + (f", {comm.Get_size()} MPI ranks" if comm else ""))
     records = []

@@ -1,0 +1,17 @@
+#!/bin/bash
+# The scaling study's outputs in this folder, in the order they were run (2-core machine, idle).
+# From the repository root: bash examples/results/scale/run.sh
+cd "$(dirname "$0")/../../.."
+OUT=examples/results/scale
+MPIEXEC="$(dirname "$(python -c 'import sys; print(sys.executable)')")/mpiexec"
+# 1. the study: every width 1 epoch, the two 262,144-wide models timed over 60 steps (extrapolated)
+python examples/scale.py --lr 0.1 --epochs 1 --steps 60 --steps-from 20000000 \
+    --json $OUT/study.json --plot $OUT/study.png > $OUT/study.log 2>&1
+# 2. issue #15: the 65,536-wide model on 1 rank x 2 threads, then 2 ranks x 1 thread
+python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --steps 100 --no-torch \
+    --json $OUT/mpi_1rank.json > $OUT/mpi_1rank.log 2>&1
+"$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --steps 100 \
+    --no-torch --json $OUT/mpi_2ranks.json > $OUT/mpi_2ranks.log 2>&1
+# 3. accuracy: the top RadiX model (4 x 262,144 neurons), one full epoch (3 did not fit the session)
+python examples/scale.py --widths 262144 --topologies radix --epochs 1 --lr 0.1 --no-torch \
+    --json $OUT/top_radix_1epoch.json > $OUT/top_radix_1epoch.log 2>&1
