@@ -78,8 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--topologies", nargs="+", choices=["radix", "random"], default=DEFAULTS["topologies"])
     p.add_argument("--epochs", type=cli.positive_int, default=DEFAULTS["epochs"])
     p.add_argument("--steps", type=cli.positive_int,
-                   help="train this many steps instead of --epochs and extrapolate the time to an epoch "
-                        "(only for models with at least --steps-from connections)")
+                   help="time only the first this many steps of the --epochs run and extrapolate to an epoch "
+                        "(only for models with at least --steps-from connections; no accuracy, no blow-up check)")
     p.add_argument("--steps-from", type=cli.nonneg_int, default=0,
                    help="connections from which --steps applies (smaller models train --epochs)")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
@@ -171,9 +171,12 @@ def run_sparsenn(cfg, arrays, comm=None) -> dict:
     parallel = distributed.DataParallel(comm, model) if comm is not None else None
     opt = SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = -(-len(arrays.x_train) // cfg["batch_size"])
-    total = cfg["steps"] or cfg["epochs"] * steps_per_epoch
-    schedule = schedules.make("cosine", cfg["lr"], total, warmup=min(cfg["warmup"], total // 2))
-    summary = fit(model, arrays, opt, schedule, steps=total,
+    planned = cfg["epochs"] * steps_per_epoch  # the schedule is the full run's, even when only timed
+    schedule = schedules.make("cosine", cfg["lr"], planned, warmup=min(cfg["warmup"], planned // 2))
+    # --steps runs time the first steps of that run; their loss is not the point, so the
+    # blow-up check (which stops a run whose loss explodes) is off for them
+    summary = fit(model, arrays, opt, schedule, steps=cfg["steps"] or planned,
+                  blowup_steps=0 if cfg["steps"] else 10,
                   batch_size=cfg["batch_size"], seed=cfg["seed"], progress=cfg["progress"],
                   eval_batch_size=cfg["batch_size"],  # a 1000-image batch would need 1 GB per wide layer
                   parallel=parallel, log=lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -337,7 +340,7 @@ def plot(records, path: str) -> None:
                   label="dense equivalent: weights only" if topo == "radix" else None)
     tr = sorted((r for r in records if r.get("impl") == "torch"), key=lambda r: r["neurons"])
     if tr:
-        sp = {r["neurons"]: r["connections"] for r in records if r.get("impl") == "sparsenn"}
+        sp = {r["neurons"]: r["connections"] for r in records if r.get("impl") == "sparsenn" and "kind" not in r}
         pts = [(sp[r["neurons"]], r["seconds_per_epoch"]) for r in tr if r["neurons"] in sp]
         if pts:
             ax_t.plot(*zip(*pts), "kx-", label="PyTorch dense, same neurons (at the sparse model's connections)")
