@@ -361,6 +361,8 @@ def plot(records, path: str) -> None:
 def study(args, comm=None) -> int:
     rank0 = comm is None or comm.Get_rank() == 0
     say = (lambda *a: print(*a, flush=True)) if rank0 else (lambda *a: None)
+    if comm is not None:  # each rank its share of the cores, for Numba and for BLAS
+        say(f"data-parallel: {comm.Get_size()} ranks x {distributed.share_cores(comm)} thread(s)")
     base = dict(depth=args.depth, fan_in=args.fan_in, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 warmup=args.warmup,
                 seed=args.seed, dataset=args.dataset, data_dir=args.data_dir, train_size=args.train_size,

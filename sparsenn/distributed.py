@@ -76,14 +76,17 @@ def world():
 
 
 def share_cores(comm) -> int:
-    """Give each of the ranks on this machine its share of the cores for Numba's threads
-    (unless NUMBA_NUM_THREADS is set); returns the thread count. Two ranks each running two
-    threads on two cores would stall each other's parallel loops."""
+    """Give each of the ranks on this machine its share of the cores for Numba's threads and
+    OpenBLAS's (unless NUMBA_NUM_THREADS is set); returns the thread count. Two ranks each
+    running two threads on two cores stall each other's parallel loops and dense products."""
     import numba
+
+    from sparsenn.runtime import set_blas_threads
 
     if "NUMBA_NUM_THREADS" not in os.environ:
         local = comm.Split_type(split_type=_shared_type()).Get_size()
         numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // local)))
+        set_blas_threads(numba.get_num_threads())
     return numba.get_num_threads()
 
 
