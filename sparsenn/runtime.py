@@ -87,13 +87,15 @@ def set_blas_threads(n: int) -> bool:
     for path in _loaded_openblas_paths():
         if "numpy" not in path:
             continue
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads
-        except (OSError, AttributeError):
-            continue
-        fn.restype, fn.argtypes = None, [ctypes.c_int]
-        fn(int(n))
-        return True
+        lib = ctypes.CDLL(path)
+        # the name depends on the build: NumPy's scipy-openblas wheels prefix and suffix it
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads_64_", "scipy_openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = None, [ctypes.c_int]
+                fn(int(n))
+                return True
     return False
 
 

@@ -40,3 +40,19 @@ def test_matmul_small_and_large_products(rng):
         out = np.empty((m, n), np.float32)
         runtime.matmul(a, b, out)
         np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_set_blas_threads_reaches_numpys_openblas():
+    """The MPI ranks' share of the cores must reach BLAS too (distributed.share_cores)."""
+    code = ("import ctypes, sparsenn; from sparsenn import runtime; "
+            "paths = [p for p in runtime._loaded_openblas_paths() if 'numpy' in p]; "
+            "ok = runtime.set_blas_threads(1); "
+            "lib = ctypes.CDLL(paths[0]) if paths else None; "
+            "get = next((getattr(lib, n) for n in ('openblas_get_num_threads', 'scipy_openblas_get_num_threads64_', "
+            "'scipy_openblas_get_num_threads_64_') if lib is not None and hasattr(lib, n)), None); "
+            "print(bool(paths), ok, get() if get else -1)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    found, ok, n = out.stdout.split()
+    assert ok == found, out.stdout + out.stderr  # set whenever NumPy's BLAS is an OpenBLAS
+    if found == "True":
+        assert n == "1"
