@@ -19,6 +19,8 @@ gradient checks). To step through them in a debugger or see a readable traceback
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import carray, config, njit, prange, types
 from numba.core import cgutils
@@ -239,8 +241,14 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None):
     LeNet-300-100's first layer (300x784 at 10%, batch 100) a 4-column tail loop cost as much
     as the 96 columns before it. Measured gains over the plain loop: docs/kernels.md.
     """
-    for b0, w in batch_blocks(x.shape[1]):
+    for b0, w in _blocks_of(x.shape[1]):
         _BLOCK_KERNELS[w](indptr, indices, data, x, out, bounds, b0, perm, bias)
+
+
+@functools.lru_cache(maxsize=64)
+def _blocks_of(batch: int) -> tuple:
+    """:func:`batch_blocks` as a tuple, computed once per batch size (spmm runs every step)."""
+    return tuple((int(b0), int(w)) for b0, w in batch_blocks(batch))
 
 
 def spmm_ref(indptr, indices, data, x, perm=None):

@@ -59,7 +59,8 @@ def test_fit_records_give_the_least_squares_slope(quick):
 
 def test_plot_written_when_matplotlib_is_installed(quick):
     out, _, path = quick
-    pytest.importorskip("matplotlib")
+    if not os.environ.get("CI"):  # CI installs the plot extra (.ci/run): there it must run
+        pytest.importorskip("matplotlib")
     assert (path / "s.png").stat().st_size > 10_000 and "plot:" in out
 
 
