@@ -118,6 +118,34 @@ def _spmm_block(indptr, indices, data, perm, bias, x, out, r0, r1, b0, W):
 
 
 @njit(inline="always")
+def _spmm_block_pair(indptr, indices, data, perm, bias, x, out, r0, r1, b0, W, c0, V):
+    """:func:`_spmm_block` for two blocks in one pass over the nonzeros: W columns from b0 and
+    V columns from c0 (W, V literals; the blocks may overlap). Batch 100 = [0, 64) + [52, 100):
+    7 zmm accumulators, each row's indices, weights and x rows read once instead of twice."""
+    acc = _registers(W, x.dtype)
+    acc2 = _registers(V, x.dtype)
+    for r in range(r0, r1):
+        for b in range(W):
+            acc[b] = 0.0
+        for b in range(V):
+            acc2[b] = 0.0
+        for k in range(indptr[r], indptr[r + 1]):
+            w = _weight(data, perm, k)
+            xr = x[indices[k]]
+            xk, xk2 = xr[b0:b0 + W], xr[c0:c0 + V]
+            for b in range(W):
+                acc[b] += w * xk[b]
+            for b in range(V):
+                acc2[b] += w * xk2[b]
+        br = _bias(bias, r, acc[0])
+        y, y2 = out[r, b0:b0 + W], out[r, c0:c0 + V]
+        for b in range(W):
+            y[b] = acc[b] + br
+        for b in range(V):
+            y2[b] = acc2[b] + br
+
+
+@njit(inline="always")
 def _spmm_tail(indptr, indices, data, perm, bias, x, out, r0, r1, b0):
     """out[r, b0:] for rows r0 <= r < r1, any width: batches under 48 columns.
 
@@ -146,82 +174,107 @@ def _spmm_tail(indptr, indices, data, perm, bias, x, out, r0, r1, b0):
 
 
 _WIDTHS = (48, 64, 96, 128)  # register-block widths: multiples of 16, at least 3 zmm (see spmm)
+_PAIRS = ((48, 48), (64, 48), (64, 64))  # two blocks in one pass, for batches that are not a width
 
 
 @njit(cache=True)
 def batch_blocks(batch):
-    """The register blocks that cover ``batch`` columns: int64 (n_blocks, 2) of (start, width).
+    """The passes of register blocks that cover ``batch`` columns: int64 (n_passes, 4) rows of
+    (b0, W, c0, V): a block of W columns from b0 and, when V > 0, a second block of V columns
+    from c0, both computed in the same pass over the nonzeros.
 
-    Blocks of 128 while 128 columns remain; the rest by one or two blocks of 48, 64, 96 or
-    128 columns, the cover with the fewest columns, the last one ending at ``batch`` and so
-    overlapping its neighbour if need be (overlapping columns are computed twice, the same way,
-    and written twice with the same value). Batch 100 = [0, 48) + [36, 100). Under 48 columns:
-    one block of width 0, meaning the tail loop from its start.
+    Passes of one 128-column block while 128 columns remain. The rest, ending at ``batch``, by
+    the one pass with the fewest columns: a single block of 48, 64, 96 or 128 columns, or a
+    pair from ``_PAIRS``; the last block ends at ``batch`` and overlaps its neighbour if need
+    be (overlapping columns are computed twice, the same way, and written twice with the same
+    value). Batch 100 = [0, 64) + [52, 100) in one pass; batch 50 = [0, 48) + [2, 50). Under
+    48 columns: one pass of width 0, meaning the tail loop from column 0.
     """
     if batch < 48:
-        out = np.zeros((1, 2), np.int64)
-        return out
+        return np.zeros((1, 4), np.int64)
     n128 = batch // 128
     rest = batch - 128 * n128
+    start = batch - rest
     best, w1, w2 = 1 << 30, 0, 0
     if rest > 0:
-        for a in _WIDTHS:  # one block
+        for a in _WIDTHS:  # one block, ending at batch
             if rest <= a <= batch and a < best:
                 best, w1, w2 = a, a, 0
-        for a in _WIDTHS:  # two blocks
-            for b in _WIDTHS:
-                if a + b >= rest and a <= batch and b <= batch and a + b < best:
-                    best, w1, w2 = a + b, a, b
-    n = n128 + (w1 > 0) + (w2 > 0)
-    out = np.empty((n, 2), np.int64)
+        for pair in _PAIRS:  # two: the first from `start`, the second ending at batch
+            a, b = pair
+            if a <= rest and b <= batch and a + b >= rest and a + b < best:
+                best, w1, w2 = a + b, a, b
+    out = np.zeros((n128 + (w1 > 0), 4), np.int64)
     for i in range(n128):
         out[i, 0], out[i, 1] = 128 * i, 128
     if w2 > 0:
-        out[n128, 0], out[n128, 1] = min(128 * n128, batch - w1), w1
-        out[n128 + 1, 0], out[n128 + 1, 1] = batch - w2, w2
+        out[n128, 0], out[n128, 1], out[n128, 2], out[n128, 3] = start, w1, batch - w2, w2
     elif w1 > 0:
         out[n128, 0], out[n128, 1] = batch - w1, w1
     return out
 
 
-# One compiled kernel per block width: each holds a single copy of the block loop, so LLVM
-# allocates its registers for that loop alone (one kernel with four inlined widths and a
-# runtime choice between them was measured 1.5x slower on the 96-column block).
+# One compiled kernel per block width (or pair of widths): each holds a single copy of the
+# block loop, so LLVM allocates its registers for that loop alone (one kernel with four inlined
+# widths and a runtime choice between them was measured 1.5x slower on the 96-column block).
+# All take the same arguments; c0 is used by the pairs only.
 @njit(**_JIT)
-def _spmm_128(indptr, indices, data, x, out, bounds, b0, perm, bias):
+def _spmm_128(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
     b0 = max(b0, 0)  # tells LLVM that b0 >= 0: slicing at b0 then needs no wraparound per nonzero
     for p in prange(len(bounds) - 1):
         _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 128)
 
 
 @njit(**_JIT)
-def _spmm_96(indptr, indices, data, x, out, bounds, b0, perm, bias):
+def _spmm_96(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
     b0 = max(b0, 0)
     for p in prange(len(bounds) - 1):
         _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 96)
 
 
 @njit(**_JIT)
-def _spmm_64(indptr, indices, data, x, out, bounds, b0, perm, bias):
+def _spmm_64(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
     b0 = max(b0, 0)
     for p in prange(len(bounds) - 1):
         _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 64)
 
 
 @njit(**_JIT)
-def _spmm_48(indptr, indices, data, x, out, bounds, b0, perm, bias):
+def _spmm_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
     b0 = max(b0, 0)
     for p in prange(len(bounds) - 1):
         _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 48)
 
 
 @njit(**_JIT)
-def _spmm_narrow(indptr, indices, data, x, out, bounds, b0, perm, bias):
+def _spmm_48_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+    b0, c0 = max(b0, 0), max(c0, 0)
+    for p in prange(len(bounds) - 1):
+        _spmm_block_pair(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 48, c0, 48)
+
+
+@njit(**_JIT)
+def _spmm_64_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+    b0, c0 = max(b0, 0), max(c0, 0)
+    for p in prange(len(bounds) - 1):
+        _spmm_block_pair(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 64, c0, 48)
+
+
+@njit(**_JIT)
+def _spmm_64_64(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+    b0, c0 = max(b0, 0), max(c0, 0)
+    for p in prange(len(bounds) - 1):
+        _spmm_block_pair(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 64, c0, 64)
+
+
+@njit(**_JIT)
+def _spmm_narrow(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
     for p in prange(len(bounds) - 1):
         _spmm_tail(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0)
 
 
-_BLOCK_KERNELS = {128: _spmm_128, 96: _spmm_96, 64: _spmm_64, 48: _spmm_48, 0: _spmm_narrow}
+_BLOCK_KERNELS = {(128, 0): _spmm_128, (96, 0): _spmm_96, (64, 0): _spmm_64, (48, 0): _spmm_48,
+                  (48, 48): _spmm_48_48, (64, 48): _spmm_64_48, (64, 64): _spmm_64_64, (0, 0): _spmm_narrow}
 
 
 def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None):
@@ -234,21 +287,23 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None):
     Cost O(nnz * batch) multiply-adds; reads each row of x once per nonzero in its column.
 
     What it adds to :func:`spmm_plain`: register blocking along the batch. The batch is covered
-    by blocks of 48 to 128 columns (:func:`batch_blocks`), one kernel call per block; a block
-    of an output row stays in registers across all of the row's nonzeros and is stored once
-    (``_spmm_block``), so the only memory traffic per nonzero is its x row. Narrow leftovers
-    are covered by an overlapping block rather than a loop over a few columns: on
-    LeNet-300-100's first layer (300x784 at 10%, batch 100) a 4-column tail loop cost as much
-    as the 96 columns before it. Measured gains over the plain loop: docs/kernels.md.
+    by passes over the nonzeros (:func:`batch_blocks`), one kernel call per pass, each with one
+    or two blocks of 48 to 128 columns; a block of an output row stays in registers across all
+    of the row's nonzeros and is stored once (``_spmm_block``), so the only memory traffic per
+    nonzero is its x row. Columns that are not a block width are covered by a second block
+    that overlaps the first, in the same pass (``_spmm_block_pair``), rather than a loop over a
+    few columns (on LeNet-300-100's first layer at batch 100 a 4-column tail loop cost as much
+    as the 96 columns before it) or a second pass (1.2x slower at batch 100, 1.35x at batch 50).
+    Measured gains over the plain loop: docs/kernels.md.
     """
-    for b0, w in _blocks_of(x.shape[1]):
-        _BLOCK_KERNELS[w](indptr, indices, data, x, out, bounds, b0, perm, bias)
+    for b0, w, c0, v in _blocks_of(x.shape[1]):
+        _BLOCK_KERNELS[w, v](indptr, indices, data, x, out, bounds, b0, c0, perm, bias)
 
 
 @functools.lru_cache(maxsize=64)
 def _blocks_of(batch: int) -> tuple:
     """:func:`batch_blocks` as a tuple, computed once per batch size (spmm runs every step)."""
-    return tuple((int(b0), int(w)) for b0, w in batch_blocks(batch))
+    return tuple(tuple(int(v) for v in row) for row in batch_blocks(batch))
 
 
 def spmm_ref(indptr, indices, data, x, perm=None):

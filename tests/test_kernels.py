@@ -66,9 +66,10 @@ def test_sddmm_matches_twin_and_dense(rng, case, n_parts):
     np.testing.assert_allclose(out, (dy @ x.T)[rows, p.indices], rtol=1e-5, atol=1e-5)
 
 
-# spmm cuts the batch into register blocks of 128, 96, 64 or 48 columns and a tail: these
-# widths hit each block alone, each with a tail, the tail alone, and several 128-blocks.
-BLOCK_BATCHES = [1, 15, 16, 47, 48, 49, 63, 64, 95, 96, 100, 127, 128, 129, 176, 200, 257]
+# spmm cuts the batch into register blocks of 128, 96, 64 or 48 columns, pairs of blocks in one
+# pass (48+48, 64+48, 64+64) and a tail loop: these widths hit each block and each pair alone,
+# after 128-blocks, the tail alone, and several 128-blocks.
+BLOCK_BATCHES = [1, 15, 16, 47, 48, 49, 63, 64, 95, 96, 100, 120, 127, 128, 129, 176, 200, 228, 257]
 
 
 @pytest.mark.parametrize("batch", BLOCK_BATCHES)
@@ -182,19 +183,24 @@ def test_gather_batch_copies_float_rows_exactly_and_normalises_pixels_like_to_fe
 
 
 def test_batch_blocks_cover_every_column_with_register_block_widths():
-    from sparsenn.kernels import batch_blocks
+    from sparsenn.kernels import _BLOCK_KERNELS, batch_blocks
 
     for batch in range(1, 400):
-        blocks = batch_blocks(batch)
+        passes = batch_blocks(batch)
         covered = np.zeros(batch, bool)
-        for b0, w in blocks:
+        for b0, w, c0, v in passes:
+            assert (w, v) in _BLOCK_KERNELS, (batch, w, v)
             if w == 0:  # the tail loop, only for batches under 48 columns
-                assert batch < 48 and len(blocks) == 1
+                assert batch < 48 and len(passes) == 1
                 covered[b0:] = True
-            else:
-                assert w in (48, 64, 96, 128) and 0 <= b0 and b0 + w <= batch
-                covered[b0:b0 + w] = True
+                continue
+            assert 0 <= b0 and b0 + w <= batch
+            covered[b0:b0 + w] = True
+            if v:  # a second block in the same pass
+                assert 0 <= c0 and c0 + v <= batch
+                covered[c0:c0 + v] = True
         assert covered.all(), batch
+        assert len(passes) == -(-batch // 128), batch  # one pass per 128 columns, no more
 
 
 def test_relu_kernels_equal_numpy(rng):
