@@ -28,8 +28,11 @@ The rules, each chosen so that a run does not depend on how many ranks it had:
 * **Rank 0 alone** prints, writes metrics and checkpoints; evaluation is split over the ranks
   and its counts reduced.
 * **Faults**: a rank that raises prints its error with its rank and aborts the job
-  (``MPI_Abort``), so the others do not wait forever in the next Allreduce; a rank killed
-  outright is noticed by ``mpiexec``, which ends the others.
+  (``MPI_Abort``), so the others do not wait forever in the next Allreduce. A rank killed
+  outright (by hand, or by the out-of-memory killer) cannot say anything itself: under
+  :func:`launch` each rank's process is watched by a small parent process (:func:`supervise`,
+  as ``torchrun`` watches its workers) that names the rank and the signal and exits, and
+  ``mpiexec`` then ends the others.
 
 Without MPI (no ``mpiexec``, or one process) nothing here is used and nothing is imported.
 Install: ``pip install -e ".[mpi]"`` (mpi4py and MPICH from the package index) or mpi4py built
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -48,6 +52,7 @@ import numpy as np
 
 # environment variables by which MPI launchers tell a process its rank count
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 INSTALL_HINT = 'pip install -e ".[mpi]" (mpi4py and MPICH), or mpi4py built against your MPI'
 
 
@@ -98,8 +103,7 @@ def _shared_type():
 
 def run_on_every_rank(comm, fn, *args) -> int:
     """Run ``fn(*args)`` on this rank, with only rank 0's standard output shown, and return its
-    exit status. Rank 0 first lists every rank's host and process id: when a rank is killed,
-    ``mpiexec`` ends the others at once and names the dead process by its id. If ``fn`` raises,
+    exit status. Rank 0 first lists every rank's host and process id. If ``fn`` raises,
     or returns a nonzero status, on any rank, that rank prints why, naming itself, and aborts
     the whole job: the other ranks would otherwise wait forever in their next collective."""
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -111,6 +115,7 @@ def run_on_every_rank(comm, fn, *args) -> int:
     try:
         status = fn(*args)
     except BaseException as e:  # noqa: BLE001  (anything, KeyboardInterrupt included, ends the job)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the abort
         print(f"rank {rank} of {size} failed: {type(e).__name__}: {e}; stopping every rank", file=sys.stderr,
               flush=True)
         _abort(comm, 1)
@@ -124,13 +129,58 @@ def run_on_every_rank(comm, fn, *args) -> int:
 
 def launch(run) -> int:
     """A script's entry point that works with and without ``mpiexec``: ``run(comm)`` with the
-    world communicator, or ``run(None)`` in one process; returns the exit status."""
+    world communicator, or ``run(None)`` in one process; returns the exit status. Under
+    ``mpiexec`` each rank runs supervised (:func:`supervise`)."""
+    supervise()
     try:
         comm = world()
     except RuntimeError as e:  # under mpiexec without mpi4py
         print(f"error: {e}", file=sys.stderr)
         return 2
     return run(None) if comm is None else run_on_every_rank(comm, run, comm)
+
+
+def supervise() -> None:
+    """Under ``mpiexec`` with P > 1 (on Linux): fork before MPI starts. The child returns from
+    this call and runs the job; the parent, the process ``mpiexec`` started, only waits for it.
+    If the child dies from a signal (SIGKILL from a user or the out-of-memory killer, a
+    segfault), the parent prints which rank died and how, and exits with 128 + the signal, so
+    ``mpiexec`` ends the other ranks. ``mpiexec`` alone would name only a process id. Signals
+    sent to the parent (Ctrl-C, SIGTERM) are passed on to the child; the child is killed if
+    the parent is (``PR_SET_PDEATHSIG``), so no rank outlives the job. Does nothing in one
+    process, off Linux, or with ``SPARSENN_NO_SUPERVISOR=1``."""
+    if launched_size() <= 1 or not sys.platform.startswith("linux") or os.environ.get("SPARSENN_NO_SUPERVISOR") == "1":
+        return
+    rank = next((os.environ[v] for v in _RANK_VARS if os.environ.get(v, "").isdigit()), "?")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        os.setpgid(0, 0)  # its own process group: a signal to the job's group reaches it once, forwarded
+        _die_with(parent)
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda s, _frame: os.kill(child, s))
+    _, status = os.waitpid(child, 0)  # retried after a forwarded signal (PEP 475)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        why = " (killed by hand or by the kernel's out-of-memory killer)" if sig == signal.SIGKILL else ""
+        print(f"error: MPI rank {rank} of {launched_size()} (pid {child} on {socket.gethostname()}) died from "
+              f"signal {sig} ({signal.Signals(sig).name}){why}; mpiexec now stops the other ranks",
+              file=sys.stderr, flush=True)
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel send this process SIGKILL when ``parent`` exits (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
 
 
 def _abort(comm, status: int) -> None:

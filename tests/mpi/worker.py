@@ -30,9 +30,8 @@ def main():
     p.add_argument("--fault", choices=["raise", "kill"])
     p.add_argument("--seed-by-rank", action="store_true")
     args = p.parse_args()
-    comm = distributed.world()
 
-    def run():
+    def run(comm):
         seed = comm.Get_rank() if args.seed_by_rank else 0
         model = small_model(seed)
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -41,7 +40,7 @@ def main():
             progress=False, callbacks=callbacks, parallel=distributed.DataParallel(comm, model))
         return 0
 
-    return distributed.run_on_every_rank(comm, run)
+    return distributed.launch(run)
 
 
 if __name__ == "__main__":
