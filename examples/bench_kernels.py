@@ -146,25 +146,42 @@ def make_operands(case: Case):
 
 
 def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
-    _spmm, _sddmm = (spmm_plain, sddmm_plain) if plain else (spmm, sddmm)
+    """As the layer runs them: the fast kernels with the pattern's thread splits and row orders
+    (``CSRPattern.splits``, ``.orders``); the textbook loops in the natural order."""
     n_threads = numba.get_num_threads()
-    bounds = balanced_row_splits(p.indptr, n_threads)  # rows of W, balanced by nonzeros
-    t_bounds = balanced_row_splits(p.t_indptr, n_threads)  # rows of W^T
-    y = np.empty((p.shape[0], BATCH), np.float32)  # outputs preallocated, as in the layer
+    if plain:
+        _spmm, _sddmm = spmm_plain, sddmm_plain
+        bounds = balanced_row_splits(p.indptr, n_threads)  # rows of W, balanced by nonzeros
+        t_bounds = balanced_row_splits(p.t_indptr, n_threads)  # rows of W^T
+        order = t_order = None
+    else:
+        _spmm, _sddmm = spmm, sddmm
+        bounds, t_bounds = p.splits(n_threads)
+        order, t_order = p.orders()
+    y = np.empty((p.shape[0], x.shape[1]), np.float32)  # outputs preallocated, as in the layer
     dx = np.empty_like(x)
     dw = np.empty_like(data)
 
     def forward():
-        _spmm(p.indptr, p.indices, data, x, y, bounds)
+        if plain:
+            _spmm(p.indptr, p.indices, data, x, y, bounds)
+        else:
+            _spmm(p.indptr, p.indices, data, x, y, bounds, None, None, order)
         return y
 
     def backward_input():
         # W's values are read in column order through t_perm, as the layer does
-        _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
+        if plain:
+            _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
+        else:
+            _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm, None, t_order)
         return dx
 
     def weight_grad():
-        _sddmm(p.indptr, p.indices, dy, x, dw, bounds)
+        if plain:
+            _sddmm(p.indptr, p.indices, dy, x, dw, bounds)
+        else:
+            _sddmm(p.indptr, p.indices, dy, x, dw, bounds, order)
         return dw
 
     return dict(forward=forward, backward_input=backward_input, weight_grad=weight_grad)

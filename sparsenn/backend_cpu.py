@@ -78,19 +78,22 @@ def sum_batch(dy, out) -> None:
 def spmm(pattern, data, x, out, bias=None) -> None:
     """out = W x (+ bias[:, None]) for W = (pattern, data)."""
     bounds, _ = pattern.splits(numba.get_num_threads())
-    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias)  # the bias in the same pass
+    order, _ = pattern.orders()
+    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias, order)  # the bias in the same pass
 
 
 def spmm_t(pattern, data, dy, out) -> None:
     """out = W^T dy: the transpose index of W, its values read through t_perm."""
     _, t_bounds = pattern.splits(numba.get_num_threads())
-    _k.spmm(pattern.t_indptr, pattern.t_rows, data, dy, out, t_bounds, pattern.t_perm)
+    _, t_order = pattern.orders()
+    _k.spmm(pattern.t_indptr, pattern.t_rows, data, dy, out, t_bounds, pattern.t_perm, None, t_order)
 
 
 def sddmm(pattern, dy, x, out) -> None:
     """out[k] = dy[row_k] . x[col_k] for each stored entry k."""
     bounds, _ = pattern.splits(numba.get_num_threads())
-    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds)
+    order, _ = pattern.orders()
+    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds, order)
 
 
 # ------------------------------------------------------------------ elementwise

@@ -88,6 +88,14 @@ else:
 
 
 @njit(inline="always")
+def _row(order, i):
+    """order[i], or i when no order is given (compiled away when order is None)."""
+    if order is None:
+        return i
+    return order[i]
+
+
+@njit(inline="always")
 def _bias(bias, r, like):
     """bias[r], or a zero of like's dtype when there is no bias (compiled away when None)."""
     if bias is None:
@@ -96,14 +104,15 @@ def _bias(bias, r, like):
 
 
 @njit(inline="always")
-def _spmm_block(indptr, indices, data, perm, bias, x, out, r0, r1, b0, W):
+def _spmm_block(indptr, indices, data, perm, bias, order, x, out, r0, r1, b0, W):
     """out[r, b0:b0+W] = sum_k w_k x[c_k, b0:b0+W] (+ bias[r]) for rows r0 <= r < r1; W a literal.
 
     The W accumulators live in registers (W/16 zmm for float32) for all of a row's nonzeros,
     and the row is stored once: per nonzero, one broadcast weight, W/16 loads of x, W/16 FMAs.
     """
     acc = _registers(W, x.dtype)
-    for r in range(r0, r1):
+    for i in range(r0, r1):
+        r = _row(order, i)
         for b in range(W):
             acc[b] = 0.0
         for k in range(indptr[r], indptr[r + 1]):
@@ -118,13 +127,14 @@ def _spmm_block(indptr, indices, data, perm, bias, x, out, r0, r1, b0, W):
 
 
 @njit(inline="always")
-def _spmm_block_pair(indptr, indices, data, perm, bias, x, out, r0, r1, b0, W, c0, V):
+def _spmm_block_pair(indptr, indices, data, perm, bias, order, x, out, r0, r1, b0, W, c0, V):
     """:func:`_spmm_block` for two blocks in one pass over the nonzeros: W columns from b0 and
     V columns from c0 (W, V literals; the blocks may overlap). Batch 100 = [0, 64) + [52, 100):
     7 zmm accumulators, each row's indices, weights and x rows read once instead of twice."""
     acc = _registers(W, x.dtype)
     acc2 = _registers(V, x.dtype)
-    for r in range(r0, r1):
+    for i in range(r0, r1):
+        r = _row(order, i)
         for b in range(W):
             acc[b] = 0.0
         for b in range(V):
@@ -146,13 +156,14 @@ def _spmm_block_pair(indptr, indices, data, perm, bias, x, out, r0, r1, b0, W, c
 
 
 @njit(inline="always")
-def _spmm_tail(indptr, indices, data, perm, bias, x, out, r0, r1, b0):
+def _spmm_tail(indptr, indices, data, perm, bias, order, x, out, r0, r1, b0):
     """out[r, b0:] for rows r0 <= r < r1, any width: batches under 48 columns.
 
     Accumulates in the output row (in L1), four nonzeros per pass over it.
     """
     width = x.shape[1] - b0
-    for r in range(r0, r1):
+    for i in range(r0, r1):
+        r = _row(order, i)
         y = out[r, b0:]
         br = _bias(bias, r, x[0, 0])
         for b in range(width):
@@ -219,70 +230,71 @@ def batch_blocks(batch):
 # widths and a runtime choice between them was measured 1.5x slower on the 96-column block).
 # All take the same arguments; c0 is used by the pairs only.
 @njit(**_JIT)
-def _spmm_128(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_128(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0 = max(b0, 0)  # tells LLVM that b0 >= 0: slicing at b0 then needs no wraparound per nonzero
     for p in prange(len(bounds) - 1):
-        _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 128)
+        _spmm_block(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 128)
 
 
 @njit(**_JIT)
-def _spmm_96(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_96(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0 = max(b0, 0)
     for p in prange(len(bounds) - 1):
-        _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 96)
+        _spmm_block(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 96)
 
 
 @njit(**_JIT)
-def _spmm_64(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_64(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0 = max(b0, 0)
     for p in prange(len(bounds) - 1):
-        _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 64)
+        _spmm_block(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 64)
 
 
 @njit(**_JIT)
-def _spmm_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0 = max(b0, 0)
     for p in prange(len(bounds) - 1):
-        _spmm_block(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 48)
+        _spmm_block(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 48)
 
 
 @njit(**_JIT)
-def _spmm_48_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_48_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0, c0 = max(b0, 0), max(c0, 0)
     for p in prange(len(bounds) - 1):
-        _spmm_block_pair(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 48, c0, 48)
+        _spmm_block_pair(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 48, c0, 48)
 
 
 @njit(**_JIT)
-def _spmm_64_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_64_48(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0, c0 = max(b0, 0), max(c0, 0)
     for p in prange(len(bounds) - 1):
-        _spmm_block_pair(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 64, c0, 48)
+        _spmm_block_pair(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 64, c0, 48)
 
 
 @njit(**_JIT)
-def _spmm_64_64(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_64_64(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     b0, c0 = max(b0, 0), max(c0, 0)
     for p in prange(len(bounds) - 1):
-        _spmm_block_pair(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0, 64, c0, 64)
+        _spmm_block_pair(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0, 64, c0, 64)
 
 
 @njit(**_JIT)
-def _spmm_narrow(indptr, indices, data, x, out, bounds, b0, c0, perm, bias):
+def _spmm_narrow(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order):
     for p in prange(len(bounds) - 1):
-        _spmm_tail(indptr, indices, data, perm, bias, x, out, bounds[p], bounds[p + 1], b0)
+        _spmm_tail(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], b0)
 
 
 _BLOCK_KERNELS = {(128, 0): _spmm_128, (96, 0): _spmm_96, (64, 0): _spmm_64, (48, 0): _spmm_48,
                   (48, 48): _spmm_48_48, (64, 48): _spmm_64_48, (64, 64): _spmm_64_64, (0, 0): _spmm_narrow}
 
 
-def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None):
+def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None):
     """out = W @ x (+ bias[:, None]) for CSR ``W``.
 
     indptr[n_out+1], indices[nnz], data[nnz]: CSR of W (n_out, n_in); perm[nnz] (optional): the
     value of entry k is data[perm[k]] instead of data[k] (used for W^T, below); bias[n_out]
-    (optional): added to each output row, in the same pass.
+    (optional): added to each output row, in the same pass. order[n_out] (optional): the rows
+    in the order to compute them (``sparsenn.csr.locality_order``); bounds then cut that order.
     x[n_in, batch]: C-contiguous.  out[n_out, batch]: overwritten.  bounds[n_parts+1]: row chunks.
     Cost O(nnz * batch) multiply-adds; reads each row of x once per nonzero in its column.
 
@@ -297,7 +309,7 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None):
     Measured gains over the plain loop: docs/kernels.md.
     """
     for b0, w, c0, v in _blocks_of(x.shape[1]):
-        _BLOCK_KERNELS[w, v](indptr, indices, data, x, out, bounds, b0, c0, perm, bias)
+        _BLOCK_KERNELS[w, v](indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order)
 
 
 @functools.lru_cache(maxsize=64)
@@ -343,13 +355,14 @@ def sddmm_plain(indptr, indices, dy, x, out, bounds):
 
 
 @njit(**_JIT)
-def sddmm(indptr, indices, dy, x, out, bounds):
+def sddmm(indptr, indices, dy, x, out, bounds, order=None):
     """out[k] = dot(dy[r], x[indices[k]]) for every stored entry k of row r.
 
     This is ``(dy @ x.T)`` sampled at the pattern of W: the gradient of ``y = W x`` with
     respect to the stored weights only. Connections that do not exist get no gradient.
     indptr[n_out+1], indices[nnz]: pattern of W (n_out, n_in).  dy[n_out, batch],
-    x[n_in, batch]: C-contiguous.  out[nnz]: overwritten.  Cost O(nnz * batch).
+    x[n_in, batch]: C-contiguous.  out[nnz]: overwritten.  Cost O(nnz * batch). order[n_out]
+    (optional): the rows in the order to compute them, as for :func:`spmm`.
 
     What it adds to :func:`sddmm_plain`: four entries of a row per pass, so each load of
     ``dy[r, b]`` serves four dot products and the four horizontal sums that end them overlap.
@@ -360,7 +373,8 @@ def sddmm(indptr, indices, dy, x, out, bounds):
     """
     batch = x.shape[1]
     for p in prange(len(bounds) - 1):
-        for r in range(bounds[p], bounds[p + 1]):
+        for i in range(bounds[p], bounds[p + 1]):
+            r = _row(order, i)
             g = dy[r]
             zero = g[0] * 0
             k, end = indptr[r], indptr[r + 1]

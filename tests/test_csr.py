@@ -106,3 +106,35 @@ def test_mask_file_errors(tmp_path):
 def test_pattern_from_mask_rejects_bad_shapes():
     with pytest.raises(ValueError, match="must be 2-D"):
         CSRPattern.from_mask(np.ones(5, bool))
+
+
+def _strided(n, stride, fan_in):
+    """Row r reads r, r + stride, ..., r + (fan_in - 1) stride (mod n): a RadiX-Net layer."""
+    rows = np.repeat(np.arange(n), fan_in)
+    cols = (rows + stride * np.tile(np.arange(fan_in), n)) % n
+    import scipy.sparse as sp
+
+    return CSRPattern.from_mask(sp.csr_matrix((np.ones(n * fan_in, bool), (rows, cols)), shape=(n, n)))
+
+
+def test_strided_layers_get_a_locality_order_and_random_ones_keep_theirs(rng):
+    from sparsenn.csr import REUSE_WINDOW, locality_order, near_reuses
+
+    p = _strided(4096, 512, 8)  # rows r and r + 512 share 7 of their 8 columns
+    order, t_order = p.orders()
+    assert order is not None and t_order is not None
+    np.testing.assert_array_equal(np.sort(order), np.arange(4096))  # a permutation of the rows
+    # in that order, rows reading the same columns are neighbours: (nearly) every reuse is close
+    position = np.empty(4096, np.int64)
+    position[order] = np.arange(4096)
+    assert near_reuses(p.t_indptr, p.t_rows, position, REUSE_WINDOW) > 0.9
+    assert near_reuses(p.t_indptr, p.t_rows, np.arange(4096), REUSE_WINDOW) == 0.0  # 512 rows apart
+    # the splits cut the ordered rows into chunks of equal nonzeros
+    bounds, t_bounds = p.splits(4)
+    np.testing.assert_array_equal(bounds, [0, 1024, 2048, 3072, 4096])
+    # contiguous windows (stride 1) and random layers keep the natural order
+    assert _strided(4096, 1, 8).orders() == (None, None)
+    assert CSRPattern.from_mask(rng.random((500, 400)) < 0.05).orders() == (None, None)
+    # empty rows go last
+    q = CSRPattern.from_mask(np.array([[0, 1], [0, 0], [1, 0]], bool))
+    np.testing.assert_array_equal(locality_order(q.indptr, q.indices, 2), [2, 0, 1])

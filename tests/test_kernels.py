@@ -215,3 +215,29 @@ def test_relu_kernels_equal_numpy(rng):
     dx = np.empty_like(x)
     relu_backward(y, dy, dx)
     np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))
+
+
+@pytest.mark.parametrize("batch", [1, 47, 50, 100, 128, 200])
+def test_kernels_computing_rows_in_another_order_equal_the_twins(rng, batch):
+    """spmm and sddmm with ``order`` (rows computed in that order, bounds cutting it) give the
+    same results as in the natural order: every row is still computed once, by one thread."""
+    from sparsenn.csr import CSRPattern, _ordered_indptr, balanced_row_splits
+
+    p = CSRPattern.from_mask(rng.random((40, 30)) < 0.2)  # some rows empty
+    data = rng.standard_normal(p.nnz).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    x = rng.standard_normal((30, batch)).astype(np.float32)
+    dy = rng.standard_normal((40, batch)).astype(np.float32)
+    order, t_order = rng.permutation(40), rng.permutation(30)
+    for n_parts in (1, 3):
+        bounds = balanced_row_splits(_ordered_indptr(p.indptr, order), n_parts)
+        t_bounds = balanced_row_splits(_ordered_indptr(p.t_indptr, t_order), n_parts)
+        y = np.full((40, batch), np.nan, np.float32)
+        spmm(p.indptr, p.indices, data, x, y, bounds, None, bias, order)
+        np.testing.assert_allclose(y, spmm_ref(p.indptr, p.indices, data, x) + bias[:, None], rtol=1e-5, atol=1e-5)
+        dx = np.full((30, batch), np.nan, np.float32)
+        spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm, None, t_order)
+        np.testing.assert_allclose(dx, p.to_scipy(data).T @ dy, rtol=1e-5, atol=1e-5)
+        g = np.full(p.nnz, np.nan, np.float32)
+        sddmm(p.indptr, p.indices, dy, x, g, bounds, order)
+        np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, x), rtol=1e-5, atol=1e-5)
