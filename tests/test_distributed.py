@@ -154,3 +154,15 @@ def test_pruning_study_runs_data_parallel(tmp_path):
     assert [(r["method"], r["stage"], r["sparsity"], r["nnz"]) for r in a] == \
         [(r["method"], r["stage"], r["sparsity"], r["nnz"]) for r in b]
     assert max(abs(r["test_acc"] - s["test_acc"]) for r, s in zip(a, b)) <= 0.01
+
+
+@needs_mpi
+def test_graph_challenge_split_over_ranks_finds_the_same_categories(tmp_path):
+    """The images dealt round-robin in blocks over 2 ranks that read one shared copy of the
+    network: the categories are checked against float64 SciPy on rank 0, as in one process."""
+    script = os.path.join(REPO, "examples", "graph_challenge.py")
+    proc = mpirun(script, "--images", 1500, "--block", 64, "--peers", "none", "--no-progress",
+                  "--json", tmp_path / "gc.json")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((tmp_path / "gc.json").read_text())[0]
+    assert rec["categories_match"] and rec["ranks"] == 2 and len(rec["rank_seconds"]) == 2, rec
