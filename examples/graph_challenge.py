@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import io
 import json
@@ -100,40 +99,28 @@ def captured_fd(fd: int):
 
 
 def run_sparsenn_mpi(net, x, args, comm):
-    """The images split over the ranks, each rank running the engine on its own share; the time
-    is from a barrier before to a barrier after, so it is the slowest rank's. Returns the whole
-    result on rank 0 and None elsewhere.
+    """The images split over the ranks (contiguous parts), each rank running the engine on its
+    own; the time is from a barrier before to a barrier after, so it is the slowest rank's.
+    Returns the whole result on rank 0 and None elsewhere.
 
-    The shares are blocks of ``block`` images dealt round-robin (rank r takes blocks r, r + P,
-    ...), not one contiguous part each: how much work an image costs varies along the inputs
-    (contiguous halves of the 1024 x 120 inputs took 1.60 and 1.89 s). The ranks on a machine
-    read one copy of the network in shared memory (:func:`sparsenn.distributed.shared_copies`):
-    two private copies of the 1024 x 120 network (31 MB each) do not fit the 32 MB L3 that one
-    copy does."""
+    (Tried and not kept: the ranks reading one copy of the network in MPI-3 shared memory, and
+    blocks of images dealt round-robin. Over two repeats of all four combinations on 1024 x 120
+    every one took 1.76-2.20 s, with no consistent order: within the noise.)"""
     rank, size, n = comm.Get_rank(), comm.Get_size(), x.shape[0]
+    lo, hi = rank * n // size, (rank + 1) * n // size
     block = args.block or challenge.default_block(net.n_neurons)
-    mine = np.concatenate([np.arange(s, min(s + block, n)) for s in range(rank * block, n, size * block)]
-                          or [np.zeros(0, np.int64)])
-    x_mine = x[mine]
-    shared, windows = distributed.shared_copies(comm, {k: getattr(net, k) for k in ("indptr", "indices", "data", "bias")})
-    snet = copy.copy(net)
-    snet.__dict__.update(shared)
-    challenge.infer(snet, x_mine[:16], block=block)  # compile (or load from cache) first
+    challenge.infer(net, x[lo:lo + 16], block=block)  # compile (or load from cache) first
     comm.Barrier()
     t0 = time.perf_counter()
-    res = challenge.infer(snet, x_mine, block=block)
+    res = challenge.infer(net, x[lo:hi], block=block)
     t_rank = time.perf_counter() - t0
     comm.Barrier()
     seconds = time.perf_counter() - t0
-    for w in windows:
-        w.Free()
-    parts = comm.gather((mine, res, t_rank), root=0)
+    parts = comm.gather((lo, res, t_rank), root=0)
     if rank != 0:
         return None
-    row_sum = np.zeros(n)
-    for idx, r, _ in parts:
-        row_sum[idx] = r["row_sum"]
-    cats = np.sort(np.concatenate([idx[r["categories"]] for idx, r, _ in parts]))
+    cats = np.concatenate([r["categories"] + start for start, r, _ in parts])
+    row_sum = np.concatenate([r["row_sum"] for _, r, _ in parts])
     work = sum(r["work"] for _, r, _ in parts)
     rank_seconds = [t for *_, t in parts]
     print("seconds per rank (its own images, before the closing barrier): "

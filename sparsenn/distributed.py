@@ -95,36 +95,6 @@ def share_cores(comm) -> int:
     return numba.get_num_threads()
 
 
-def shared_copies(comm, arrays: dict) -> tuple[dict, list]:
-    """One copy per machine of read-only arrays, in MPI-3 shared memory.
-
-    arrays: name -> ndarray (every rank passes the same shapes and dtypes; the values of the
-    first rank on each machine are the ones kept). Returns ``(views, windows)``: read-only
-    arrays of the same shapes, all backed by the same physical memory on a machine, and the
-    MPI windows behind them; call ``w.Free()`` on every rank (it is collective) when the views
-    are no longer used. Why: ranks that each hold their own copy of a network share the
-    machine's last-level cache between two copies of it.
-    """
-    from mpi4py import MPI
-
-    node = comm.Split_type(split_type=_shared_type())
-    first = node.Get_rank() == 0
-    views, windows = {}, []
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        win = MPI.Win.Allocate_shared(a.nbytes if first else 0, a.itemsize, comm=node)
-        buf, _ = win.Shared_query(0)
-        view = np.ndarray(a.shape, a.dtype, buffer=buf)
-        if first:
-            view[...] = a
-        windows.append(win)
-        views[name] = view
-    node.Barrier()  # written before anyone reads
-    for view in views.values():
-        view.flags.writeable = False
-    return views, windows
-
-
 def _shared_type():
     from mpi4py import MPI
 

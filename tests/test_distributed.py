@@ -158,11 +158,18 @@ def test_pruning_study_runs_data_parallel(tmp_path):
 
 @needs_mpi
 def test_graph_challenge_split_over_ranks_finds_the_same_categories(tmp_path):
-    """The images dealt round-robin in blocks over 2 ranks that read one shared copy of the
-    network: the categories are checked against float64 SciPy on rank 0, as in one process."""
+    """The images split over 2 ranks: the categories are checked against float64 SciPy on rank
+    0, as in one process."""
     script = os.path.join(REPO, "examples", "graph_challenge.py")
     proc = mpirun(script, "--images", 1500, "--block", 64, "--peers", "none", "--no-progress",
                   "--json", tmp_path / "gc.json")
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((tmp_path / "gc.json").read_text())[0]
     assert rec["categories_match"] and rec["ranks"] == 2 and len(rec["rank_seconds"]) == 2, rec
+
+
+@needs_mpi
+def test_profile_step_under_mpi_gives_each_rank_its_share_of_the_batch():
+    proc = mpirun(os.path.join(REPO, "examples", "profile_step.py"), "--width", 1024, "--depth", 2, "--steps", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"2 rank\(s\) x \d+ thread\(s\), 50 images per rank", proc.stdout), proc.stdout
