@@ -406,9 +406,9 @@ def asm_report() -> None:
     bounds = balanced_row_splits(p.indptr, numba.get_num_threads())
     y = np.empty((64, BATCH), np.float32)
     runs = {
-        "spmm, 128-column register block (_spmm_128)": (K._spmm_128, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None)),
-        "spmm, 48-column register block (_spmm_48)": (K._spmm_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None)),
-        "spmm, 64+48 columns in one pass (_spmm_64_48)": (K._spmm_64_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None)),
+        "spmm, 128-column register block (_spmm_128)": (K._spmm_128, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
+        "spmm, 48-column register block (_spmm_48)": (K._spmm_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
+        "spmm, 64+48 columns in one pass (_spmm_64_48)": (K._spmm_64_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
         "spmm_plain": (K.spmm_plain, (p.indptr, p.indices, data, x, y, bounds)),
     }
     # (sddmm is not listed: the machine code Numba lets us inspect for it shows no multiply-add

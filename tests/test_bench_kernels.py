@@ -4,6 +4,7 @@ they claim to be. No timing assertions: timings on a shared machine say nothing 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -116,3 +117,12 @@ def test_unknown_case_shape_is_refused_with_the_choices():
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--cases", "7x7"])
     assert e.value.code == 2
+
+
+def test_asm_report_counts_512_bit_multiply_adds_and_no_gathers():
+    proc = subprocess.run([sys.executable, SCRIPT, "--asm"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "register block" in line or "one pass" in line]
+    assert len(rows) == 3, proc.stdout
+    for line in rows:  # every block kernel's hot loop: zmm FMAs, one per 16 columns, no gathers
+        assert int(re.search(r"zmm\s+(\d+)", line).group(1)) >= 12 and line.rstrip().endswith("gathers 0"), line

@@ -85,3 +85,13 @@ def test_torch_dense_records_where_torch_is_installed(quick):
         return
     assert {r["widths"][0] for r in torch} == {64, 256}
     assert all(r["extrapolated"] and r["test_acc"] is None and r["topology"] == "dense" for r in torch)
+
+
+def test_profile_step_times_every_phase():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "profile_step.py"), "--width", "1024",
+                           "--depth", "2", "--steps", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "radix 2 x 1,024, fan-in 32: 1 rank(s)" in out and "100 images per rank" in out
+    for phase in ("forward", "backward", "allreduce", "optimiser", "step"):
+        assert f" {phase} " in out

@@ -1,0 +1,88 @@
+"""Where a training step of a large sparse MLP goes: forward, backward, the gradient Allreduce
+and the optimiser, timed separately (median over warm steps), in one process or under MPI.
+
+    python examples/profile_step.py --width 65536                 # 1 rank, all threads, batch 100
+    mpiexec -n 2 python examples/profile_step.py --width 65536    # 2 ranks x 1 thread, 50 each
+
+The model is the scaling study's (``examples/scale.py``): 784 -> depth x width RadiX-Net layers
+(fan-in 32) -> 10, SGD with Nesterov momentum. The batch is synthetic (random pixels and labels:
+the time of a step does not depend on them); under MPI each rank takes its share of the global
+batch, as in training, and the ranks meet at a barrier before each step so that one rank's
+phases are not charged to another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
+from sparsenn import cli, distributed
+from sparsenn.loss import SoftmaxCrossEntropy
+from sparsenn.models import sparse_mlp
+from sparsenn.optim import SGD
+
+PHASES = ("forward", "backward", "allreduce", "optimiser", "step")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--width", type=cli.positive_int, default=65536, help="neurons per hidden layer")
+    p.add_argument("--depth", type=cli.positive_int, default=4, help="hidden layers")
+    p.add_argument("--fan-in", type=cli.positive_int, default=32)
+    p.add_argument("--topology", choices=["radix", "random"], default="radix")
+    p.add_argument("--batch-size", type=cli.positive_int, default=100, help="the global batch")
+    p.add_argument("--steps", type=cli.positive_int, default=20, help="timed steps (after 3 warm-up steps)")
+    return p.parse_args(argv)
+
+
+def main(argv=None, comm=None) -> int:
+    args = parse_args(argv)
+    if comm is not None:
+        threads = distributed.share_cores(comm)
+    else:
+        import numba
+
+        threads = numba.get_num_threads()
+    model = sparse_mlp([args.width] * args.depth, topology=args.topology if args.topology == "radix"
+                       else "random-equivalent", fan_in=args.fan_in, rng=np.random.default_rng(0))
+    parallel = distributed.DataParallel(comm, model) if comm is not None else None
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    local = args.batch_size if parallel is None else len(parallel.shard(np.arange(args.batch_size)))
+    rng = np.random.default_rng(1)
+    x = rng.random((784, local), dtype=np.float32)
+    y = rng.integers(0, 10, local)
+    loss_fn = SoftmaxCrossEntropy()
+    times = {k: [] for k in PHASES}
+    for it in range(3 + args.steps):
+        if comm is not None:
+            comm.Barrier()
+        t0 = time.perf_counter()
+        loss = loss_fn.forward(model.forward(x), y)
+        t1 = time.perf_counter()
+        model.backward(loss_fn.backward())
+        t2 = time.perf_counter()
+        if parallel is not None:
+            parallel.average_gradients(local, args.batch_size, loss)
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        if it >= 3:
+            for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                times[k].append(v)
+    ranks = 1 if comm is None else comm.Get_size()
+    print(f"{args.topology} {args.depth} x {args.width:,}, fan-in {args.fan_in}: {ranks} rank(s) x {threads} "
+          f"thread(s), {local} images per rank; median ms over {args.steps} steps: "
+          + "  ".join(f"{k} {1e3 * np.median(v):.1f}" for k, v in times.items()), flush=True)
+    return 0
+
+
+def run(comm=None) -> int:
+    return main(comm=comm)
+
+
+if __name__ == "__main__":
+    sys.exit(distributed.launch(run))
