@@ -12,6 +12,14 @@ python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --steps 100 
     --json $OUT/mpi_1rank.json > $OUT/mpi_1rank.log 2>&1
 "$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --steps 100 \
     --no-torch --json $OUT/mpi_2ranks.json > $OUT/mpi_2ranks.log 2>&1
-# 3. accuracy: the top RadiX model (4 x 262,144 neurons), one full epoch (3 did not fit the session)
-python examples/scale.py --widths 262144 --topologies radix --epochs 1 --lr 0.1 --no-torch \
-    --json $OUT/top_radix_1epoch.json > $OUT/top_radix_1epoch.log 2>&1
+#    and the model with 65,536 hidden neurons (4 x 16,384), the other reading of the "65,536-neuron model"
+python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --steps 300 --no-torch \
+    --json $OUT/mpi16k_1rank.json > $OUT/mpi16k_1rank.log 2>&1
+"$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --steps 300 \
+    --no-torch --json $OUT/mpi16k_2ranks.json > $OUT/mpi16k_2ranks.log 2>&1
+# 3. accuracy: the top RadiX model (4 x 262,144 neurons), three full epochs
+python examples/scale.py --widths 262144 --topologies radix --epochs 3 --lr 0.1 --no-torch \
+    --json $OUT/top_radix_3epochs.json > $OUT/top_radix_3epochs.log 2>&1
+#    and the 4,096-wide model under the same settings, to compare
+python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --no-torch \
+    --json $OUT/radix4096_3epochs.json > $OUT/radix4096_3epochs.log 2>&1
