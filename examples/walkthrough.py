@@ -275,7 +275,7 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------------------------------
     section(8, "SGD with momentum and weight decay, on the stored entries only")
-    print("  code: sparsenn/optim.py: SGD.step -> sparsenn/optim.py: sgd_update")
+    print("  code: sparsenn/optim.py: SGD.step -> sparsenn/kernels.py: sgd_update")
     lr, mu, wd = config["lr"], config["momentum"], config["weight_decay"]
     opt = SGD(layer.parameters(), lr=lr, momentum=mu, weight_decay=wd)
     print(f"  velocity of the weight: shape {opt.state[0]['velocity'].shape} (one per stored entry; "

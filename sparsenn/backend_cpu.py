@@ -17,7 +17,6 @@ import numpy as np
 
 from sparsenn import im2col as _im2col
 from sparsenn import kernels as _k
-from sparsenn import optim as _optim
 from sparsenn.runtime import matmul as _matmul
 
 name = "cpu"
@@ -121,8 +120,8 @@ def softmax_xent(logits, labels, dlogits) -> float:
     return _k.softmax_xent(logits, labels, dlogits)
 
 
-sgd_update = _optim.sgd_update
-adam_update = _optim.adam_update
+sgd_update = _k.sgd_update
+adam_update = _k.adam_update
 gather_batch = _k.gather_batch
 
 

@@ -10,7 +10,7 @@ with), on numba device arrays of the same shapes and layout:
     add_bias, sum_batch        out += b[:, None];  np.sum(dy, axis=1)
     relu, relu_backward        np.maximum(x, 0);  dy * (y > 0)
     softmax_xent               sparsenn.kernels.softmax_xent
-    sgd_update, adam_update    sparsenn.optim.sgd_update, adam_update
+    sgd_update, adam_update    sparsenn.kernels.sgd_update, adam_update
     gather_batch, take         sparsenn.kernels.gather_batch;  src[idx]
     multiply                   np.multiply(w, mask, out=w)      (pruning masks)
 
@@ -344,7 +344,7 @@ def softmax_xent(logits, labels, dlogits, result):
 
 @cuda.jit
 def _sgd_kernel(w, g, v, lr, momentum, weight_decay, nesterov):
-    """The twin of sparsenn.optim.sgd_update, one element per thread (grid-stride):
+    """The twin of sparsenn.kernels.sgd_update, one element per thread (grid-stride):
     g' = g + wd w;  v = momentum v + g';  w -= lr (g' + momentum v) if nesterov else lr v."""
     for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         gi = g[i] + weight_decay * w[i]
@@ -369,7 +369,7 @@ def sgd_update(w, g, v, lr, momentum, weight_decay, nesterov):
 
 @cuda.jit
 def _adam_kernel(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
-    """The twin of sparsenn.optim.adam_update: Adam with L2 decay, bias corrections bc1, bc2."""
+    """The twin of sparsenn.kernels.adam_update: Adam with L2 decay, bias corrections bc1, bc2."""
     one = w.dtype.type(1)  # (a plain 1 - beta1 would be float64 arithmetic)
     for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         gi = g[i] + weight_decay * w[i]

@@ -482,6 +482,65 @@ def softmax_xent_ref(logits, labels):
 
 
 # ---------------------------------------------------------------------------------------------
+# Optimiser updates (sparsenn.optim runs them through the backend), elementwise and in place
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def sgd_update(w, g, v, lr, momentum, weight_decay, nesterov):
+    """In place, elementwise over w[n], g[n], v[n] (flattened views):
+
+        g' = g + weight_decay * w
+        v  = momentum * v + g'
+        w -= lr * (g' + momentum * v)   if nesterov   else   lr * v
+
+    With momentum 0, v is just g' and this is plain SGD. Cost O(n).
+    """
+    for i in prange(w.shape[0]):
+        gi = g[i] + weight_decay * w[i]
+        vi = momentum * v[i] + gi
+        v[i] = vi
+        if nesterov:
+            w[i] -= lr * (gi + momentum * vi)
+        else:
+            w[i] -= lr * vi
+
+
+def sgd_update_ref(w, g, v, lr, momentum, weight_decay, nesterov):
+    """NumPy twin of :func:`sgd_update` (in place)."""
+    gi = g + weight_decay * w
+    v[...] = momentum * v + gi
+    w -= lr * (gi + momentum * v) if nesterov else lr * v
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+    """In place, elementwise (Kingma & Ba, with L2 weight decay added to the gradient):
+
+        g' = g + weight_decay * w
+        m  = beta1 * m + (1 - beta1) * g'
+        v  = beta2 * v + (1 - beta2) * g'^2
+        w -= lr * (m / bc1) / (sqrt(v / bc2) + eps)      bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
+    """
+    for i in prange(w.shape[0]):
+        gi = g[i] + weight_decay * w[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        w[i] -= lr * (mi / bc1) / (np.sqrt(vi / bc2) + eps)
+
+
+def adam_update_ref(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
+    """NumPy twin of :func:`adam_update` (in place)."""
+    gi = g + weight_decay * w
+    m[...] = beta1 * m + (1 - beta1) * gi
+    v[...] = beta2 * v + (1 - beta2) * gi * gi
+    w -= lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+
+
+
+# ---------------------------------------------------------------------------------------------
 # Mini-batch gather: batch-major dataset rows -> a features-major batch
 # ---------------------------------------------------------------------------------------------
 

@@ -5,68 +5,18 @@ layer that is the ``data`` array of its CSR weights, so a connection that does n
 no momentum, no Adam moments and no weight decay, and can never come into existence.
 When pruning removes entries, ``compact(param, kept)`` drops the matching state.
 
-The updates are fused Numba kernels (one pass over memory per parameter) with NumPy twins,
-and numba.cuda twins in :mod:`sparsenn.cuda_kernels` for parameters on a GPU: the state lives
-where the parameters live (create the optimiser after ``model.to(device)``).
+The updates are fused Numba kernels (one pass over memory per parameter:
+:func:`sparsenn.kernels.sgd_update`, :func:`sparsenn.kernels.adam_update`) with NumPy twins, run
+through the parameters' backend, and numba.cuda twins in :mod:`sparsenn.cuda_kernels` for
+parameters on a GPU: the state lives where the parameters live (create the optimiser after
+``model.to(device)``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
-
-@njit(parallel=True, fastmath=True, cache=True)
-def sgd_update(w, g, v, lr, momentum, weight_decay, nesterov):
-    """In place, elementwise over w[n], g[n], v[n] (flattened views):
-
-        g' = g + weight_decay * w
-        v  = momentum * v + g'
-        w -= lr * (g' + momentum * v)   if nesterov   else   lr * v
-
-    With momentum 0, v is just g' and this is plain SGD. Cost O(n).
-    """
-    for i in prange(w.shape[0]):
-        gi = g[i] + weight_decay * w[i]
-        vi = momentum * v[i] + gi
-        v[i] = vi
-        if nesterov:
-            w[i] -= lr * (gi + momentum * vi)
-        else:
-            w[i] -= lr * vi
-
-
-def sgd_update_ref(w, g, v, lr, momentum, weight_decay, nesterov):
-    """NumPy twin of :func:`sgd_update` (in place)."""
-    gi = g + weight_decay * w
-    v[...] = momentum * v + gi
-    w -= lr * (gi + momentum * v) if nesterov else lr * v
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
-    """In place, elementwise (Kingma & Ba, with L2 weight decay added to the gradient):
-
-        g' = g + weight_decay * w
-        m  = beta1 * m + (1 - beta1) * g'
-        v  = beta2 * v + (1 - beta2) * g'^2
-        w -= lr * (m / bc1) / (sqrt(v / bc2) + eps)      bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
-    """
-    for i in prange(w.shape[0]):
-        gi = g[i] + weight_decay * w[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        w[i] -= lr * (mi / bc1) / (np.sqrt(vi / bc2) + eps)
-
-
-def adam_update_ref(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
-    """NumPy twin of :func:`adam_update` (in place)."""
-    gi = g + weight_decay * w
-    m[...] = beta1 * m + (1 - beta1) * gi
-    v[...] = beta2 * v + (1 - beta2) * gi * gi
-    w -= lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+from sparsenn.device import backend_of
 
 
 def _flat(a):
@@ -89,8 +39,6 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.steps = 0
-        from sparsenn.device import backend_of  # here: the CPU backend itself imports this module
-
         self.ops = backend_of(self.params[0].value)
         for p in self.params:
             if not self.ops.is_array(p.value):

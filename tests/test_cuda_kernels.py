@@ -18,7 +18,7 @@ from sparsenn import backend_cpu, backend_cuda
 from sparsenn import cuda_kernels as ck
 from sparsenn.csr import CSRPattern
 from sparsenn.kernels import gather_batch_ref, sddmm_ref, softmax_xent_ref, spmm_ref
-from sparsenn.optim import adam_update_ref, sgd_update_ref
+from sparsenn.kernels import adam_update_ref, sgd_update_ref
 from tests.conftest import REPO, random_mask
 
 dev = cuda.to_device

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from sparsenn.layers import Parameter
-from sparsenn.optim import SGD, Adam, adam_update, adam_update_ref, sgd_update, sgd_update_ref
+from sparsenn.kernels import adam_update, adam_update_ref, sgd_update, sgd_update_ref
+from sparsenn.optim import SGD, Adam
 
 
 @pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 0.0), (0.9, False, 1e-3), (0.9, True, 5e-4)])
