@@ -173,3 +173,52 @@ def test_profile_step_under_mpi_gives_each_rank_its_share_of_the_batch():
     proc = mpirun(os.path.join(REPO, "examples", "profile_step.py"), "--width", 1024, "--depth", 2, "--steps", 2)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"2 rank\(s\) x \d+ thread\(s\), 50 images per rank", proc.stdout), proc.stdout
+
+
+def test_supervise_does_nothing_in_one_process_or_when_turned_off(monkeypatch):
+    def no_fork():
+        raise AssertionError("supervise() forked")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.delenv("PMI_SIZE", raising=False)
+    distributed.supervise()  # not under mpiexec
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("SPARSENN_NO_SUPERVISOR", "1")
+    distributed.supervise()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the supervisor is Linux-only")
+@pytest.mark.parametrize("how, status", [("kill", 128 + 9), ("exit", 3)])
+def test_the_supervisor_names_a_rank_killed_by_a_signal_and_passes_exit_statuses_on(how, status):
+    """No MPI needed: a process that believes it is rank 1 of 2 (the launcher's variables) runs
+    supervised, then kills itself or exits; its parent reports and exits as mpiexec expects."""
+    code = ("import os, signal, sys\nfrom sparsenn import distributed\ndistributed.supervise()\n"
+            "print('child', os.getpid(), flush=True)\n"
+            + ("os.kill(os.getpid(), signal.SIGKILL)\n" if how == "kill" else "sys.exit(3)\n"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**env(), "PMI_SIZE": "2", "PMI_RANK": "1"})
+    assert proc.returncode == status, (proc.stdout, proc.stderr)
+    child = re.search(r"child (\d+)", proc.stdout).group(1)
+    if how == "kill":
+        assert f"error: MPI rank 1 of 2 (pid {child} on " in proc.stderr
+        assert "died from signal 9 (SIGKILL)" in proc.stderr
+    else:
+        assert "died" not in proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the supervisor is Linux-only")
+def test_a_supervised_rank_dies_with_its_parent():
+    """mpiexec ends a job by killing the processes it started (the supervisors): the ranks they
+    watch must not live on, spinning in a collective."""
+    code = ("import os, time\nfrom sparsenn import distributed\ndistributed.supervise()\n"
+            "print(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**env(), "PMI_SIZE": "2", "PMI_RANK": "0"})
+    child = int(proc.stdout.readline())
+    assert child != proc.pid and _running(child)
+    proc.kill()  # the supervisor, as mpiexec's cleanup does
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while _running(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)
