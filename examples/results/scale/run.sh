@@ -1,5 +1,5 @@
 #!/bin/bash
-# The scaling study's outputs in this folder, in the order they were run (2-core machine, idle).
+# The commands behind the scaling study's outputs in this folder (2-core machine, idle; each writes its own files).
 # From the repository root: bash examples/results/scale/run.sh
 cd "$(dirname "$0")/../../.."
 OUT=examples/results/scale
@@ -17,6 +17,9 @@ python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --steps 300 
     --json $OUT/mpi16k_1rank.json > $OUT/mpi16k_1rank.log 2>&1
 "$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --steps 300 \
     --no-torch --json $OUT/mpi16k_2ranks.json > $OUT/mpi16k_2ranks.log 2>&1
+#    where a step of the 65,536-wide model goes, on 1 rank x 2 threads, then 2 ranks x 1 thread
+(python examples/profile_step.py --width 65536
+ "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile.log 2>&1
 # 3. accuracy: the top RadiX model (4 x 262,144 neurons), three full epochs
 python examples/scale.py --widths 262144 --topologies radix --epochs 3 --lr 0.1 --no-torch \
     --json $OUT/top_radix_3epochs.json > $OUT/top_radix_3epochs.log 2>&1
