@@ -6,6 +6,7 @@
     python examples/reproduce.py --curves --seeds 3       # test accuracy against step
     python examples/reproduce.py --ablation --seeds 3     # which factor makes the collapses
     python examples/reproduce.py --table b --quick --out /tmp/paper   # smoke test, seconds
+    python examples/reproduce.py --table a b c --report-only   # tables from the finished runs only
 
 Every cell of a 2019 table gets our mean +- std over the seeds, under the study's own training
 recipe (``--recipe paper``, ``sparsenn.recipes.PAPER``), ours (``default``: prune_retrain.py's
@@ -25,7 +26,8 @@ defaults), or both. The training is examples/prune_retrain.py's (its functions a
 
 Writes under --out (default examples/results/paper/): runs.jsonl, one line per record, appended
 as each run finishes (the store: a killed run keeps what finished, and a rerun skips every run
-whose full configuration is already there, so a long table can be run in pieces); then per
+whose full configuration is already there, so a long table can be run in pieces, and two
+invocations with disjoint runs, one per recipe say, can fill it at once); then per
 table, table_X.md (ours beside the 2019 value for every cell), table_X.json (the records, each
 with table, model, dataset, recipe, method/topology, stage, sparsity/f, seed, test_acc as a
 fraction), table_X.csv (the cells) and table_X.png (needs matplotlib); ablation.*; curves.*.
@@ -124,6 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=DEFAULTS["out"], metavar="DIR", help="results and the store of finished runs")
     p.add_argument("--json", metavar="PATH", help="also write this invocation's records here (a JSON list)")
     p.add_argument("--data-dir", help="where the datasets live (default: $SPARSENN_DATA, then data/, ...)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the tables from the runs already in the store (cells "
+                        "without runs say so), e.g. while other invocations are still filling it")
     args = p.parse_args(argv)
     if not (args.table or args.curves or args.ablation):
         p.error("nothing to do: give --table a|b|c, --curves or --ablation")
@@ -165,11 +170,17 @@ class Store:
         return key in self.by_key
 
     def add(self, key, records):
-        with open(self.path, "a") as f:
-            for rec in records:
-                f.write(json.dumps({**rec, "key": key}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append a run's records with one write to a file opened for appending, so that two
+        invocations filling the store at once (say one per recipe) never interleave lines."""
+        lines = "".join(json.dumps({**rec, "key": key}) + "\n" for rec in records).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            written = 0
+            while written < len(lines):
+                written += os.write(fd, lines[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.by_key[key] = [{**rec, "key": key} for rec in records]
 
 
@@ -595,8 +606,10 @@ def main(argv=None) -> int:
     todo = [run for t in tables for run in needed_runs(study, table_rows(study, t), seeds)]
     todo = list({run[0]: run for run in todo}.values())  # a run shared by two tables, once
     pending = [run for run in todo if run[0] not in study.store]
-    print(f"{len(todo)} runs, {len(todo) - len(pending)} already in {study.store.path}, {len(pending)} to do",
-          flush=True)
+    print(f"{len(todo)} runs, {len(todo) - len(pending)} already in {study.store.path}, {len(pending)} to do"
+          + (" (not now: --report-only)" if args.report_only and pending else ""), flush=True)
+    if args.report_only:
+        pending = []
     t_start, cost_done, cost_left = time.perf_counter(), 0.0, sum(run[5] for run in pending)
     for i, (key, kind, cfg, seed, params, cost, flags) in enumerate(pending):
         if key in study.store:  # a dense run trained earlier in this loop, for a pruning run

@@ -245,6 +245,12 @@ def test_reproduce_quick_writes_tables_and_skips_finished_runs(tmp_path, capsys,
     assert (out / "runs.jsonl").read_text().splitlines() == lines
     last = json.loads(lines[-1])["key"]
     (out / "runs.jsonl").write_text("\n".join(l for l in lines if json.loads(l)["key"] != last) + "\n")
+    # --report-only trains nothing: the tables come from the store, the missing run's cell says so
+    before = (out / "runs.jsonl").read_text()
+    assert reproduce.main(argv + ["--report-only"]) == 0
+    assert "1 to do (not now: --report-only)" in capsys.readouterr().out
+    assert (out / "runs.jsonl").read_text() == before
+    assert "| LeNet-300-100 | radix | 10 | 93.98 | – |" in (out / "table_c.md").read_text()
     assert reproduce.main(argv) == 0
     assert "1 to do" in capsys.readouterr().out
 
