@@ -69,7 +69,7 @@ def test_sddmm_matches_twin_and_dense(rng, case, n_parts):
 # spmm cuts the batch into register blocks of 128, 96, 64 or 48 columns, pairs of blocks in one
 # pass (48+48, 64+48, 64+64) and a tail loop: these widths hit each block and each pair alone,
 # after 128-blocks, the tail alone, and several 128-blocks.
-BLOCK_BATCHES = [1, 15, 16, 47, 48, 49, 63, 64, 95, 96, 100, 120, 127, 128, 129, 176, 200, 228, 257]
+BLOCK_BATCHES = [1, 15, 16, 47, 48, 49, 50, 63, 64, 95, 96, 100, 120, 127, 128, 129, 176, 178, 200, 228, 257]
 
 
 @pytest.mark.parametrize("batch", BLOCK_BATCHES)
