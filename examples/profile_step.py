@@ -74,6 +74,8 @@ def main(argv=None, comm=None) -> int:
             for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 times[k].append(v)
     ranks = 1 if comm is None else comm.Get_size()
+    if parallel is not None:
+        print(f"exchange: {parallel.exchange()}", flush=True)
     print(f"{args.topology} {args.depth} x {args.width:,}, fan-in {args.fan_in}: {ranks} rank(s) x {threads} "
           f"thread(s), {local} images per rank; median ms over {args.steps} steps: "
           + "  ".join(f"{k} {1e3 * np.median(v):.1f}" for k, v in times.items()), flush=True)

@@ -101,6 +101,18 @@ def _shared_type():
     return MPI.COMM_TYPE_SHARED
 
 
+def _same_machine(comm):
+    """The communicator of the ranks that share this machine's memory, when that is all of
+    ``comm``'s ranks (and there are at least 2), else None. Collective."""
+    if comm.Get_size() < 2 or not hasattr(comm, "Split_type"):
+        return None
+    node = comm.Split_type(split_type=_shared_type(), key=comm.Get_rank())
+    if node.Get_size() != comm.Get_size():
+        node.Free()
+        return None
+    return node
+
+
 def run_on_every_rank(comm, fn, *args) -> int:
     """Run ``fn(*args)`` on this rank, with only rank 0's standard output shown, and return its
     exit status. Rank 0 first lists every rank's host and process id. If ``fn`` raises,
@@ -196,12 +208,27 @@ class DataParallel:
     comm: an mpi4py communicator. model: the model every rank built identically.
     """
 
-    def __init__(self, comm, model):
+    def __init__(self, comm, model, shared=None):
         self.comm, self.model = comm, model
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.flat = None
         self.bytes_per_step = 0
+        self._win = None
+        # shared: sum the gradients in one MPI shared-memory window (all ranks on one machine);
+        # None = when possible, unless SPARSENN_SHM_REDUCE=0. Else one Allreduce per step.
+        self.node = _same_machine(comm) if shared in (None, True) else None
+        if shared is None and os.environ.get("SPARSENN_SHM_REDUCE", "1") == "0":
+            self.node = None
+        if shared and self.node is None:
+            raise ValueError("shared=True needs every rank on one machine (MPI COMM_TYPE_SHARED)")
+        self.shared = self.node is not None
         self._bind()
+
+    def exchange(self) -> str:
+        """How the gradients travel, for the run's log."""
+        if self.shared:
+            return f"gradients summed in shared memory, {self.bytes_per_step:,} bytes (gradients and loss) per step"
+        return f"one Allreduce of {self.bytes_per_step:,} bytes (gradients and loss) per step"
 
     def _bind(self) -> None:
         """Point every parameter's grad into one contiguous float32 buffer (allocated once, and
@@ -212,7 +239,11 @@ class DataParallel:
                 raise TypeError(f"data-parallel training runs float32 models on the CPU; {p.name} is "
                                 f"{p.value.dtype} on {type(p.value).__name__}")
         total = sum(p.value.size for p in params)
-        self.flat = np.zeros(total + 1, dtype=np.float32)  # every gradient, then the step's loss
+        old_win = self._win  # the gradients may still be views into it: freed once copied out
+        if self.shared:
+            self._allocate_shared(total + 1)
+        else:
+            self.flat = np.zeros(total + 1, dtype=np.float32)  # every gradient, then the step's loss
         offset = 0
         for p in params:
             view = self.flat[offset:offset + p.value.size].reshape(p.value.shape)
@@ -222,12 +253,32 @@ class DataParallel:
             offset += p.value.size
         self.bytes_per_step = self.flat.nbytes
         self._grads = [p.grad for p in params]
+        if old_win is not None:
+            old_win.Unlock_all()
+            old_win.Free()
+
+    def close(self) -> None:
+        """Collective, at the end of training: give every parameter its own gradient array again
+        (a copy) and free the shared-memory window. Training with this object again re-binds."""
+        if self._win is None:
+            return
+        for p in self.model.parameters():
+            p.grad = p.grad.copy()
+        self._grads = []
+        self.node.Barrier()  # nobody frees while another rank still reads its buffer
+        self._win.Unlock_all()
+        self._win.Free()
+        self._win, self._bufs, self.flat = None, (), None
 
     def shard(self, idx):
         """This rank's contiguous part of a global batch ``idx`` (the rule depends only on the
         batch and the rank count)."""
         n = len(idx)
         return idx[self.rank * n // self.size:(self.rank + 1) * n // self.size]
+
+    def shard_of(self, rank: int, n: int) -> range:
+        """Rank ``rank``'s positions in a global batch of ``n`` (:meth:`shard`'s rule)."""
+        return range(rank * n // self.size, (rank + 1) * n // self.size)
 
     def average_gradients(self, n_local: int, n_global: int, loss: float) -> float:
         """grad = sum over ranks of (n_local / n_global) x local mean gradient: the global mean.
@@ -238,10 +289,55 @@ class DataParallel:
         params = self.model.parameters()
         if len(params) != len(self._grads) or any(p.grad is not g for p, g in zip(params, self._grads)):
             self._bind()  # pruning or a restored checkpoint gave some parameters new grads: copy them in
-        share = np.float32(n_local / n_global)
         self.flat[-1] = loss
+        if self.shared:
+            return self._average_shared(n_local, n_global)
+        share = np.float32(n_local / n_global)
         self.flat *= share
         self.comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
+        return float(self.flat[-1])
+
+    # ---- the shared-memory sum: ranks on one machine ------------------------------------------
+    # Every rank's gradient buffer lives in one MPI-3 shared-memory window, mapped into every
+    # rank. After the backward (a barrier), rank r sums slice r of all P buffers, each weighted
+    # by its rank's share of the batch, and writes the sum into slice r of every buffer
+    # (kernels.weighted_sum_into); after a second barrier every buffer holds the average, the
+    # same bits on every rank. Each rank reads and writes the buffer's size once: on 2 ranks of
+    # this 2-core machine, 2.2 ms for a 36 MB buffer against 10.6 ms for MPICH's Allreduce of it
+    # plus 1 ms to scale it first (the 65,536-wide scaling-study model).
+
+    def _allocate_shared(self, n: int) -> None:
+        from mpi4py import MPI
+
+        sizes = self.node.allgather(n)  # equal unless the ranks built different models, which
+        self._win = MPI.Win.Allocate_shared(4 * n, 4, comm=self.node)  # check_same then reports
+        self._bufs = tuple(np.frombuffer(self._win.Shared_query(q)[0], dtype=np.float32, count=sizes[q])
+                           for q in range(self.size))
+        self._same_sizes = len(set(sizes)) == 1
+        self.flat = self._bufs[self.rank]
+        self.flat[:] = 0
+        self._win.Lock_all(MPI.MODE_NOCHECK)  # a passive epoch, for Sync(): loads and stores only
+
+    def _barrier(self) -> None:
+        self._win.Sync()
+        self.node.Barrier()
+        self._win.Sync()
+
+    def _average_shared(self, n_local: int, n_global: int) -> float:
+        from sparsenn.kernels import weighted_sum_into
+
+        if not self._same_sizes:
+            raise ValueError("the ranks' models differ: their gradient buffers have different sizes "
+                             f"({', '.join(str(b.size) for b in self._bufs)} values)")
+        counts = [len(self.shard_of(q, n_global)) for q in range(self.size)]
+        if counts[self.rank] != n_local:
+            raise ValueError(f"rank {self.rank} trained on {n_local} images of a batch of {n_global}; "
+                             f"DataParallel.shard gives it {counts[self.rank]}")
+        weights = np.array(counts, dtype=np.float32) / np.float32(n_global)
+        n = self.flat.size
+        self._barrier()  # every rank's backward has written its buffer
+        weighted_sum_into(self._bufs, weights, self.rank * n // self.size, (self.rank + 1) * n // self.size)
+        self._barrier()  # every slice is summed into every buffer
         return float(self.flat[-1])
 
     def sum(self, *values) -> np.ndarray:

@@ -587,6 +587,36 @@ def adam_update_ref(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
 
 
 # ---------------------------------------------------------------------------------------------
+# Data-parallel gradient sum in shared memory (sparsenn.distributed)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def weighted_sum_into(bufs, weights, lo, hi):
+    """For lo <= i < hi: s = sum_q weights[q] * bufs[q][i], then bufs[q][i] = s for every q.
+
+    bufs: a tuple of P equal-length float32 arrays (the P ranks' gradient buffers, all mapped
+    into this process from one MPI shared-memory window); weights[P] float32 (rank q's share of
+    the global batch). Each rank sums its own slice [lo, hi) and writes the result into every
+    rank's buffer, so after a barrier every buffer holds the same average, bit for bit. Cost:
+    reads and writes P x (hi - lo) floats.
+    """
+    for i in prange(lo, hi):
+        s = weights[0] * bufs[0][i]
+        for q in range(1, len(bufs)):
+            s += weights[q] * bufs[q][i]
+        for q in range(len(bufs)):
+            bufs[q][i] = s
+
+
+def weighted_sum_into_ref(bufs, weights, lo, hi):
+    """NumPy twin of :func:`weighted_sum_into` (in place)."""
+    s = sum(np.float32(w) * b[lo:hi] for w, b in zip(weights, bufs))
+    for b in bufs:
+        b[lo:hi] = s
+
+
+# ---------------------------------------------------------------------------------------------
 # Mini-batch gather: batch-major dataset rows -> a features-major batch
 # ---------------------------------------------------------------------------------------------
 

@@ -210,8 +210,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
     if parallel is not None:
         parallel.check_same("at the start of training" if resume is None else f"after resuming from {resume}")
         log(f"data-parallel over {parallel.size} ranks: each takes {batch_size // parallel.size}-"
-            f"{-(-batch_size // parallel.size)} images of every batch of {batch_size}; one Allreduce of "
-            f"{parallel.bytes_per_step:,} bytes (gradients and loss) per step")
+            f"{-(-batch_size // parallel.size)} images of every batch of {batch_size}; {parallel.exchange()}")
     if metrics_path:
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
     metrics_file = open(metrics_path, "a") if metrics_path else None
@@ -332,6 +331,8 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
         acc, test_loss = evaluate(model, x_test, data.y_test, eval_batch_size, parallel, scale, shift)
     else:
         acc = history[-1]["test_acc"]
+    if parallel is not None:
+        parallel.close()  # the gradients move back to the model's own memory; the window is freed
     epoch_recs = [r for r in history if r["kind"] == "epoch"]
     nnz, full = model_nnz(model)
     return {

@@ -32,9 +32,9 @@ def env():
     return e
 
 
-def mpirun(*args, n=2, timeout=300, cwd=None):
+def mpirun(*args, n=2, timeout=300, cwd=None, extra_env=None):
     return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env(), cwd=cwd)
+                          timeout=timeout, env={**env(), **(extra_env or {})}, cwd=cwd)
 
 
 class FakeComm:
@@ -89,7 +89,8 @@ def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
     assert one.returncode == 0, one.stderr
     two = mpirun(script, *common, "--save", tmp_path / "two.npz", "--metrics", tmp_path / "two.jsonl")
     assert two.returncode == 0, two.stderr
-    assert "data-parallel over 2 ranks" in two.stdout and "one Allreduce of 111,724 bytes" in two.stdout
+    assert "data-parallel over 2 ranks" in two.stdout
+    assert "gradients summed in shared memory, 111,724 bytes" in two.stdout
     assert two.stdout.count("configuration:") == 1  # rank 0 alone speaks
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     worst = 0.0
@@ -103,6 +104,38 @@ def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
     acc = [json.loads(l)["test_acc"] for l in open(tmp_path / "one.jsonl")]
     acc2 = [json.loads(l)["test_acc"] for l in open(tmp_path / "two.jsonl")]
     assert len(acc) == len(acc2) == 2 and abs(acc[-1] - acc2[-1]) <= 0.0005
+
+
+@needs_mpi
+def test_the_shared_memory_sum_and_the_allreduce_train_alike(tmp_path):
+    """Ranks on one machine sum in a shared-memory window; SPARSENN_SHM_REDUCE=0 (or ranks on
+    several machines) takes one Allreduce. Both average the same gradients: float32 rounding apart."""
+    runs = {}
+    for how, flag in (("shared", "1"), ("allreduce", "0")):
+        proc = mpirun("-m", "tests.mpi.worker", "--save", tmp_path / f"{how}.npz", cwd=REPO,
+                      extra_env={"SPARSENN_SHM_REDUCE": flag})
+        assert proc.returncode == 0, proc.stderr
+        assert ("summed in shared memory" if how == "shared" else "one Allreduce of") in proc.stdout
+        runs[how] = np.load(tmp_path / f"{how}.npz")
+    for key in runs["shared"].files:
+        a, b = runs["shared"][key], runs["allreduce"][key]
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), key
+
+
+def test_the_shared_sum_kernel_matches_its_twin(rng):
+    from sparsenn.kernels import weighted_sum_into, weighted_sum_into_ref
+
+    bufs = tuple(rng.standard_normal(1001).astype(np.float32) for _ in range(3))
+    want = tuple(b.copy() for b in bufs)
+    mean = 0.25 * want[0].astype(np.float64) + 0.5 * want[1] + 0.25 * want[2]
+    weights = np.array([0.25, 0.5, 0.25], np.float32)
+    for lo, hi in ((0, 334), (334, 667), (667, 1001)):  # three ranks, each its slice
+        weighted_sum_into(bufs, weights, lo, hi)
+        weighted_sum_into_ref(want, weights, lo, hi)
+    for b, w in zip(bufs, want):
+        np.testing.assert_allclose(b, w, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b, mean, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(b, bufs[0])  # every buffer holds the same sum
 
 
 @needs_mpi

@@ -29,6 +29,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--fault", choices=["raise", "kill"])
     p.add_argument("--seed-by-rank", action="store_true")
+    p.add_argument("--save", help="rank 0 writes the final parameters here (.npz)")
     args = p.parse_args()
 
     def run(comm):
@@ -38,6 +39,8 @@ def main():
         callbacks = [Fault(1, 5, args.fault)] if args.fault else []
         fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=50, batch_size=50, seed=0,
             progress=False, callbacks=callbacks, parallel=distributed.DataParallel(comm, model))
+        if args.save and comm.Get_rank() == 0:
+            np.savez(args.save, *[p.value for p in model.parameters()])
         return 0
 
     return distributed.launch(run)
