@@ -7,7 +7,7 @@ tmp=$(mktemp -d)
 common="--topology radix --epochs 2 --seed 0 --no-progress"
 python examples/lenet300.py $common --save "$tmp/one.npz" --metrics "$tmp/one.jsonl" > /dev/null
 mpiexec -n 2 python examples/lenet300.py $common --save "$tmp/two.npz" --metrics "$tmp/two.jsonl" \
-    | grep "Allreduce"
+    | grep "data-parallel"
 python - "$tmp" <<'PY'
 import json, sys
 import numpy as np
