@@ -114,10 +114,64 @@ def test_kernels_run_as_plain_python_with_the_jit_disabled():
             "x = rng.standard_normal((9, 100)); y = np.empty((6, 100)); b = balanced_row_splits(p.indptr, 2); "
             "spmm(p.indptr, p.indices, d, x, y, b); assert np.allclose(y, spmm_ref(p.indptr, p.indices, d, x)); "
             "g = np.empty(p.nnz); sddmm(p.indptr, p.indices, y, x, g, b); "
-            "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x)); print('ok')")
+            "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x)); "
+            "y, x = y.astype(np.float32), x.astype(np.float32); g = np.empty(p.nnz, np.float32); "
+            "sddmm(p.indptr, p.indices, y, x, g, b); "  # float32: the explicit-vector kernel, as NumPy
+            "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x), rtol=1e-4, atol=1e-4); print('ok')")
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("batch", [16, 17, 31, 32, 47, 50, 64, 96, 100, 111, 112, 127, 128, 143])
+def test_the_vector_sddmm_covers_every_batch_tail_and_row_length(rng, batch):
+    """float32, 16-143 columns: one kernel per whole-vector count, a masked vector for the
+    tail. Rows of 0 to 20 entries exercise the groups of eight, the single entries, and empty rows."""
+    from sparsenn.csr import _ordered_indptr
+    from sparsenn.kernels import _SDDMM_KERNELS, sddmm_any
+
+    lengths = np.arange(21)
+    mask = np.zeros((len(lengths), 40), bool)
+    for r, n in enumerate(lengths):
+        mask[r, rng.choice(40, n, replace=False)] = True
+    p = CSRPattern.from_mask(mask)
+    dy = rng.standard_normal((p.shape[0], batch)).astype(np.float32)
+    x = rng.standard_normal((40, batch)).astype(np.float32)
+    want = sddmm_ref(p.indptr, p.indices, dy.astype(np.float64), x.astype(np.float64))
+    for n_parts in (1, 3):
+        bounds = balanced_row_splits(p.indptr, n_parts)
+        for order in (None, rng.permutation(p.shape[0]).astype(np.int64)):
+            if order is not None:
+                bounds = balanced_row_splits(_ordered_indptr(p.indptr, order), n_parts)
+            g = np.full(p.nnz, np.nan, np.float32)
+            _SDDMM_KERNELS[batch // 16](p.indptr, p.indices, dy, x, g, bounds, order)
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+            g2 = np.full(p.nnz, np.nan, np.float32)
+            sddmm_any(p.indptr, p.indices, dy, x, g2, bounds, order)
+            np.testing.assert_allclose(g2, want, rtol=1e-5, atol=1e-5)
+
+
+def test_simd_operations_match_numpy(rng):
+    from numba import njit
+
+    from sparsenn import simd
+
+    @njit
+    def run(a, b, c, out, out1, keep):
+        v = simd.vfma(simd.vload(a, 3), simd.vload(b, 0), simd.vmask_tail(simd.vload(c, 0), keep))
+        out1[0] = simd.hsum(v)
+        simd.hsum8_store(simd.vload(a, 0), simd.vload(a, 16), simd.vload(a, 32), simd.vload(a, 48),
+                         simd.vload(a, 64), simd.vload(a, 80), simd.vload(a, 96), simd.vload(a, 112), out, 1)
+
+    a = rng.standard_normal(130).astype(np.float32)
+    b, c = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    for keep in (0, 1, 5, 16):
+        out, out1 = np.zeros(10, np.float32), np.zeros(1, np.float32)
+        run(a, b, c, out, out1, keep)
+        masked = np.where(np.arange(16) >= 16 - keep, c, 0)
+        np.testing.assert_allclose(out1[0], (a[3:19] * b + masked).sum(), rtol=1e-5)
+        np.testing.assert_allclose(out[1:9], a[:128].reshape(8, 16).sum(1), rtol=1e-5)
+        assert out[0] == 0 and out[9] == 0  # nothing written outside out[1:9]
 
 
 def test_kernels_compile_for_float64(rng):
