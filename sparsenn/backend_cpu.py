@@ -71,7 +71,7 @@ def add_bias(out, bias) -> None:
 
 def sum_batch(dy, out) -> None:
     """out[r] = sum_b dy[r, b]."""
-    np.sum(dy, axis=1, out=out)
+    _k.sum_batch(dy, out)
 
 
 def spmm(pattern, data, x, out, bias=None) -> None:
@@ -120,8 +120,19 @@ def softmax_xent(logits, labels, dlogits) -> float:
     return _k.softmax_xent(logits, labels, dlogits)
 
 
-sgd_update = _k.sgd_update
-adam_update = _k.adam_update
+SERIAL_BELOW = 16_384  # parameters with fewer entries are updated on one thread (kernels.sgd_update_serial)
+
+
+def sgd_update(w, g, v, lr, momentum, weight_decay, nesterov) -> None:
+    """The SGD step on flat views (``sparsenn.kernels.sgd_update``)."""
+    kernel = _k.sgd_update if w.shape[0] >= SERIAL_BELOW else _k.sgd_update_serial
+    kernel(w, g, v, lr, momentum, weight_decay, nesterov)
+
+
+def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2) -> None:
+    """The Adam step on flat views (``sparsenn.kernels.adam_update``)."""
+    kernel = _k.adam_update if w.shape[0] >= SERIAL_BELOW else _k.adam_update_serial
+    kernel(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2)
 gather_batch = _k.gather_batch
 
 

@@ -8,8 +8,10 @@ way). It does badly on one shape: many short dot products, each ending in a sum 
 say what it wants instead, in a handful of operations on a value type ``f32x16``::
 
     vzero()                 16 zeros
+    vbroadcast(s)           16 copies of the float32 scalar s
     vload(a, i)             a[i:i+16] (float32 array, no bounds check: the caller's loop keeps
                             i + 16 <= len(a))
+    vstore(a, i, v)         a[i:i+16] = v (the same)
     vfma(a, b, c)           a * b + c, lane by lane (one fused multiply-add instruction)
     vmask_tail(v, keep)     v with all but its last ``keep`` lanes set to 0
     hsum(v)                 the sum of v's 16 lanes
@@ -34,8 +36,14 @@ if config.DISABLE_JIT:  # plain Python (debugging): 16-element NumPy arrays stan
     def vzero():
         return np.zeros(16, np.float32)
 
+    def vbroadcast(s):
+        return np.full(16, s, dtype=np.float32)
+
     def vload(a, i):
         return np.array(a[i:i + 16], dtype=np.float32)
+
+    def vstore(a, i, v):
+        a[i:i + 16] = v
 
     def vfma(a, b, c):
         return a * b + c
@@ -85,6 +93,29 @@ else:
             return ir.Constant(_VEC, [0.0] * 16)
 
         return f32x16(), codegen
+
+    @intrinsic
+    def vbroadcast(typingctx, s):
+        if s != types.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            one = builder.insert_element(ir.Constant(_VEC, None), args[0], ir.Constant(_I32, 0))
+            return _shuffle(builder, one, ir.Constant(_VEC, None), [0] * 16)
+
+        return f32x16(s), codegen
+
+    @intrinsic
+    def vstore(typingctx, a, i, v):
+        if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
+                and isinstance(i, types.Integer) and isinstance(v, F32x16)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], _VEC), align=4)
+            return context.get_dummy_value()
+
+        return types.none(a, i, v), codegen
 
     @intrinsic
     def vload(typingctx, a, i):

@@ -2,28 +2,31 @@ import numpy as np
 import pytest
 
 from sparsenn.layers import Parameter
-from sparsenn.kernels import adam_update, adam_update_ref, sgd_update, sgd_update_ref
+from sparsenn.kernels import (adam_update, adam_update_ref, adam_update_serial, sgd_update, sgd_update_ref,
+                              sgd_update_serial)
 from sparsenn.optim import SGD, Adam
 
 
+@pytest.mark.parametrize("kernel", [sgd_update, sgd_update_serial])
 @pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 0.0), (0.9, False, 1e-3), (0.9, True, 5e-4)])
-def test_sgd_kernel_matches_twin(rng, momentum, nesterov, wd):
+def test_sgd_kernel_matches_twin(rng, momentum, nesterov, wd, kernel):
     w, g, v = (rng.standard_normal(101).astype(np.float32) for _ in range(3))
     w2, v2 = w.copy(), v.copy()
     for _ in range(3):
-        sgd_update(w, g, v, 0.1, momentum, wd, nesterov)
+        kernel(w, g, v, 0.1, momentum, wd, nesterov)
         sgd_update_ref(w2, g, v2, 0.1, momentum, wd, nesterov)
     np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v, v2, rtol=1e-5, atol=1e-6)
 
 
-def test_adam_kernel_matches_twin(rng):
+@pytest.mark.parametrize("kernel", [adam_update, adam_update_serial])
+def test_adam_kernel_matches_twin(rng, kernel):
     w, g = rng.standard_normal(57), rng.standard_normal(57)
     m, v = np.zeros(57), np.zeros(57)
     w2, m2, v2 = w.copy(), m.copy(), v.copy()
     for t in range(1, 4):
         bc1, bc2 = 1 - 0.9**t, 1 - 0.999**t
-        adam_update(w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-2, bc1, bc2)
+        kernel(w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-2, bc1, bc2)
         adam_update_ref(w2, g, m2, v2, 1e-3, 0.9, 0.999, 1e-8, 1e-2, bc1, bc2)
     np.testing.assert_allclose(w, w2, rtol=1e-12)
 
@@ -94,3 +97,25 @@ def test_sparse_mlp_scales_only_a_readout_wider_than_65536():
     assert narrow.layers[-1].weight.lr_scale == 1.0 and wide.layers[-1].weight.lr_scale == 0.25
     assert models.READOUT_WIDTH == 65536
     assert all(p.lr_scale == 1.0 for p in wide.parameters() if p is not wide.layers[-1].weight)
+
+
+def test_the_optimiser_steps_small_and_large_parameters_alike(rng):
+    """backend_cpu runs parameters under SERIAL_BELOW entries on one thread: same arithmetic."""
+    from sparsenn import backend_cpu
+
+    for n in (backend_cpu.SERIAL_BELOW - 1, backend_cpu.SERIAL_BELOW + 1):
+        w, g, v = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+        w2, v2 = w.copy(), v.copy()
+        backend_cpu.sgd_update(w, g, v, 0.1, 0.9, 5e-4, True)
+        sgd_update_ref(w2, g, v2, 0.1, 0.9, 5e-4, True)
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-6)
+
+
+def test_sum_batch_matches_twin(rng):
+    from sparsenn.kernels import sum_batch, sum_batch_ref
+
+    for shape in ((300, 100), (7, 1), (50, 19600), (0, 5)):
+        dy = rng.standard_normal(shape).astype(np.float32)
+        out = np.full(shape[0], np.nan, np.float32)
+        sum_batch(dy, out)
+        np.testing.assert_allclose(out, sum_batch_ref(dy), rtol=1e-5, atol=1e-4)
