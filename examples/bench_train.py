@@ -59,6 +59,7 @@ def time_sparsenn(topology, arrays, epochs, batch, device="cpu", seed=0):
             idx = perm[b * batch:(b + 1) * batch]
             ops.gather_batch(x_train, idx, scale, shift, x)
             ops.take(y_train, idx, y)
+            ops.prefetch_rows(x_train, perm[(b + 1) * batch:(b + 2) * batch])  # as fit does
             loss_fn.forward(model.forward(x), y)
             model.backward(loss_fn.backward())
             opt.step()

@@ -134,6 +134,7 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2) -> No
     kernel = _k.adam_update if w.shape[0] >= SERIAL_BELOW else _k.adam_update_serial
     kernel(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2)
 gather_batch = _k.gather_batch
+prefetch_rows = _k.prefetch_rows
 
 
 def take(src, idx, out) -> None:

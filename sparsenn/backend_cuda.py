@@ -133,7 +133,13 @@ def softmax_xent(logits, labels, dlogits) -> float:
 sgd_update = _k.sgd_update
 adam_update = _k.adam_update
 gather_batch = _k.gather_batch
+
+
 take = _k.take
+
+
+def prefetch_rows(data, idx) -> None:
+    """Nothing to do: the training set is already in device memory (see backend_cpu)."""
 
 
 # ------------------------------------------------------------------ convolution

@@ -10,8 +10,14 @@ say what it wants instead, in a handful of operations on a value type ``f32x16``
     vzero()                 16 zeros
     vbroadcast(s)           16 copies of the float32 scalar s
     vload(a, i)             a[i:i+16] (float32 array, no bounds check: the caller's loop keeps
-                            i + 16 <= len(a))
+                            i + 16 <= len(a)); of a uint8 array, converted to float32
     vstore(a, i, v)         a[i:i+16] = v (the same)
+    vmul(a, b), vadd(a, b)  a * b, a + b, rounded one at a time (never fused into an FMA)
+    prefetch(a, i)          ask the memory system for the cache line of a[i] (no wait, no fault)
+    transpose16(v0, ..., v15)
+                            the 16 x 16 matrix whose rows are v0..v15, transposed: a tuple of
+                            16 vectors (64 shuffles: four rounds that swap off-diagonal blocks
+                            of 8, 4, 2 and 1 lanes between pairs of rows)
     vfma(a, b, c)           a * b + c, lane by lane (one fused multiply-add instruction)
     vmask_tail(v, keep)     v with all but its last ``keep`` lanes set to 0
     hsum(v)                 the sum of v's 16 lanes
@@ -41,6 +47,18 @@ if config.DISABLE_JIT:  # plain Python (debugging): 16-element NumPy arrays stan
 
     def vload(a, i):
         return np.array(a[i:i + 16], dtype=np.float32)
+
+    def vmul(a, b):
+        return a * b
+
+    def vadd(a, b):
+        return a + b
+
+    def transpose16(*rows):
+        return tuple(np.array(rows).T.copy())
+
+    def prefetch(a, i):
+        pass
 
     def vstore(a, i, v):
         a[i:i + 16] = v
@@ -119,14 +137,76 @@ else:
 
     @intrinsic
     def vload(typingctx, a, i):
-        if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
+        if not (isinstance(a, types.Array) and a.dtype in (types.float32, types.uint8) and a.ndim == 1
                 and isinstance(i, types.Integer)):
             return None
 
         def codegen(context, builder, sig, args):
+            if sig.args[0].dtype == types.uint8:
+                bytes16 = ir.VectorType(ir.IntType(8), 16)
+                raw = builder.load(_address(context, builder, sig.args[0], args[0], args[1], bytes16), align=1)
+                return builder.uitofp(raw, _VEC)
             return builder.load(_address(context, builder, sig.args[0], args[0], args[1], _VEC), align=4)
 
         return f32x16(a, i), codegen
+
+    @intrinsic
+    def vmul(typingctx, a, b):
+        if not (isinstance(a, F32x16) and isinstance(b, F32x16)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.fmul(*args)
+
+        return f32x16(a, b), codegen
+
+    @intrinsic
+    def vadd(typingctx, a, b):
+        if not (isinstance(a, F32x16) and isinstance(b, F32x16)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.fadd(*args)
+
+        return f32x16(a, b), codegen
+
+    @intrinsic
+    def prefetch(typingctx, a, i):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i8p = ir.IntType(8).as_pointer()
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                                "llvm.prefetch.p0")
+            data = context.make_array(sig.args[0])(context, builder, value=args[0]).data
+            # read (0), keep in all cache levels (locality 3), data cache (1)
+            builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), i8p), ir.Constant(_I32, 0),
+                              ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            return context.get_dummy_value()
+
+        return types.none(a, i), codegen
+
+    @intrinsic
+    def transpose16(typingctx, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15):
+        rows = (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15)
+        if not all(isinstance(t, F32x16) for t in rows):
+            return None
+        result = types.UniTuple(f32x16, 16)
+
+        def codegen(context, builder, sig, args):
+            v = list(args)
+            for s in (8, 4, 2, 1):  # swap the off-diagonal s x s blocks of rows i and i + s
+                new = [None] * 16
+                for i in range(16):
+                    if i & s:
+                        continue
+                    new[i] = _shuffle(builder, v[i], v[i + s], [j if j & s == 0 else 16 + j - s for j in range(16)])
+                    new[i + s] = _shuffle(builder, v[i], v[i + s], [j + s if j & s == 0 else 16 + j for j in range(16)])
+                v = new
+            return context.make_tuple(builder, result, v)
+
+        return result(*rows), codegen
 
     @intrinsic
     def vfma(typingctx, a, b, c):

@@ -269,6 +269,9 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
                     x, y = ops.empty((x_buf.shape[0], len(idx)), np.float32), ops.empty((len(idx),), y_buf.dtype)
                 ops.gather_batch(x_train, idx, scale, shift, x)  # x: (n_features, batch), float32
                 ops.take(y_train, idx, y)  # y: (batch,)
+                if b + 1 < last:  # the next batch's rows start on their way to the cache now
+                    nxt = perm[(b + 1) * batch_size:(b + 2) * batch_size]
+                    ops.prefetch_rows(x_train, nxt if parallel is None else parallel.shard(nxt))
                 optimizer.lr = schedule(step)
                 logits = model.forward(x)  # (n_classes, batch)
                 loss = loss_fn.forward(logits, y)
