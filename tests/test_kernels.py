@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -315,3 +316,17 @@ def test_gather_batch_tiles_and_rows_give_the_twins_bits(rng, dtype, n_features,
         kernel(data, idx, scale, shift, out)
         np.testing.assert_array_equal(out, want)
     prefetch_rows(data, idx)  # a hint only: nothing to check but that it runs
+
+
+def test_spmm_beyond_the_vector_limit_takes_the_blocks_and_agrees(rng):
+    """float32, batch 100, x over SPMM_VECTOR_MAX_X: the register blocks, same results."""
+    from sparsenn.kernels import SPMM_VECTOR_MAX_X
+
+    n_in = SPMM_VECTOR_MAX_X // (4 * 100) + 1
+    p = CSRPattern.from_mask(sp.random(12, n_in, density=0.001, random_state=0, format="csr") != 0)
+    data = rng.standard_normal(p.nnz).astype(np.float32)
+    x = rng.standard_normal((n_in, 100)).astype(np.float32)
+    assert x.nbytes > SPMM_VECTOR_MAX_X
+    out = np.full((12, 100), np.nan, np.float32)
+    spmm(p.indptr, p.indices, data, x, out, balanced_row_splits(p.indptr, 2))
+    np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, x), rtol=1e-5, atol=1e-5)
