@@ -117,8 +117,14 @@ def test_kernels_run_as_plain_python_with_the_jit_disabled():
             "g = np.empty(p.nnz); sddmm(p.indptr, p.indices, y, x, g, b); "
             "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x)); "
             "y, x = y.astype(np.float32), x.astype(np.float32); g = np.empty(p.nnz, np.float32); "
-            "sddmm(p.indptr, p.indices, y, x, g, b); "  # float32: the explicit-vector kernel, as NumPy
-            "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x), rtol=1e-4, atol=1e-4); print('ok')")
+            "sddmm(p.indptr, p.indices, y, x, g, b); "  # float32: the explicit-vector kernels, as NumPy
+            "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x), rtol=1e-4, atol=1e-4); "
+            "d = d.astype(np.float32); spmm(p.indptr, p.indices, d, x, y, b); "
+            "assert np.allclose(y, spmm_ref(p.indptr, p.indices, d, x), rtol=1e-4, atol=1e-4); "
+            "from sparsenn.kernels import gather_batch, gather_batch_ref; px = rng.integers(0, 256, (40, 20)).astype(np.uint8); "
+            "ix = rng.integers(0, 40, 17); s1 = np.ones(20, np.float32); s0 = np.zeros(20, np.float32); "
+            "o = np.empty((20, 17), np.float32); gather_batch(px, ix, s1, s0, o); "
+            "assert np.array_equal(o, gather_batch_ref(px, ix)); print('ok')")
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
