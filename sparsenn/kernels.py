@@ -405,56 +405,21 @@ def _blocks_of(batch: int) -> tuple:
     return tuple(tuple(int(v) for v in row) for row in batch_blocks(batch))
 
 
-# one compiled kernel per vector count, as for the block widths above
-@njit(**_JIT)
-def _spmm_v1(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 1)
+def _spmm_vector_kernel(NV):
+    """The compiled kernel for batches of 16 NV to 16 NV + 15 columns: one per vector count, as
+    one per block width above (each holds a single copy of the row loop, for LLVM to allocate
+    its registers to). NV is a closure constant, so Numba compiles it in and caches each
+    kernel apart."""
+
+    @njit(**_JIT)
+    def kernel(indptr, indices, data, x, out, bounds, perm, bias, order):
+        for p in prange(len(bounds) - 1):
+            _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], NV)
+
+    return kernel
 
 
-@njit(**_JIT)
-def _spmm_v2(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 2)
-
-
-@njit(**_JIT)
-def _spmm_v3(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 3)
-
-
-@njit(**_JIT)
-def _spmm_v4(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 4)
-
-
-@njit(**_JIT)
-def _spmm_v5(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 5)
-
-
-@njit(**_JIT)
-def _spmm_v6(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 6)
-
-
-@njit(**_JIT)
-def _spmm_v7(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 7)
-
-
-@njit(**_JIT)
-def _spmm_v8(indptr, indices, data, x, out, bounds, perm, bias, order):
-    for p in prange(len(bounds) - 1):
-        _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], 8)
-
-
-_SPMM_KERNELS = (None, _spmm_v1, _spmm_v2, _spmm_v3, _spmm_v4, _spmm_v5, _spmm_v6, _spmm_v7, _spmm_v8)
+_SPMM_KERNELS = (None,) + tuple(_spmm_vector_kernel(nv) for nv in range(1, 9))  # by batch // 16
 
 
 def spmm_ref(indptr, indices, data, x, perm=None):
@@ -605,56 +570,19 @@ def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV):
             k += 1
 
 
-# one compiled kernel per vector count, as for spmm's block widths (_spmm_128 ...)
-@njit(**_JIT)
-def _sddmm_v1(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 1)
+def _sddmm_vector_kernel(NV):
+    """The compiled kernel for batches of 16 NV to 16 NV + 15 columns, as
+    :func:`_spmm_vector_kernel`."""
+
+    @njit(**_JIT)
+    def kernel(indptr, indices, dy, x, out, bounds, order):
+        for p in prange(len(bounds) - 1):
+            _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, NV)
+
+    return kernel
 
 
-@njit(**_JIT)
-def _sddmm_v2(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 2)
-
-
-@njit(**_JIT)
-def _sddmm_v3(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 3)
-
-
-@njit(**_JIT)
-def _sddmm_v4(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 4)
-
-
-@njit(**_JIT)
-def _sddmm_v5(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 5)
-
-
-@njit(**_JIT)
-def _sddmm_v6(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 6)
-
-
-@njit(**_JIT)
-def _sddmm_v7(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 7)
-
-
-@njit(**_JIT)
-def _sddmm_v8(indptr, indices, dy, x, out, bounds, order):
-    for p in prange(len(bounds) - 1):
-        _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, 8)
-
-
-_SDDMM_KERNELS = (None, _sddmm_v1, _sddmm_v2, _sddmm_v3, _sddmm_v4, _sddmm_v5, _sddmm_v6, _sddmm_v7, _sddmm_v8)
+_SDDMM_KERNELS = (None,) + tuple(_sddmm_vector_kernel(nv) for nv in range(1, 9))  # by batch // 16
 
 
 def sddmm(indptr, indices, dy, x, out, bounds, order=None):
@@ -674,7 +602,7 @@ def sddmm(indptr, indices, dy, x, out, bounds, order=None):
     columns are one more vector FMA against a copy of ``dy[r]``'s last 16 columns with the
     lanes already counted zeroed, not a scalar loop; and the eight results are summed across
     their lanes together, by one tree of shuffles. The vector count is a compile-time constant
-    (one kernel per count, ``_sddmm_v1`` .. ``_sddmm_v8``). Accumulation is in float32 (a
+    (one kernel per count, :func:`_sddmm_vector_kernel`). Accumulation is in float32 (a
     128-term dot product in 16 lanes: relative error about 1e-6). float64 (the gradient
     checks) and other batch sizes take :func:`sddmm_any` (at batch 256, two passes of these
     kernels measured no faster than it).
