@@ -303,7 +303,7 @@ _BLOCK_KERNELS = {(128, 0): _spmm_128, (96, 0): _spmm_96, (64, 0): _spmm_64, (48
                   (48, 2): _spmm_48_2, (48, 48): _spmm_48_48, (64, 48): _spmm_64_48, (64, 64): _spmm_64_64, (0, 0): _spmm_narrow}
 
 
-SPMM_VECTOR_MAX_X = 4 << 20  # bytes of x up to which spmm takes the explicit-vector kernels
+SPMM_VECTOR_MAX_X = 2 << 20  # bytes of x up to which spmm takes the explicit-vector kernels
 
 
 def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None):
@@ -326,14 +326,16 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None
     as the 96 columns before it) or a second pass (1.2x slower at batch 100, 1.35x at batch 50).
     Measured gains over the plain loop: docs/kernels.md.
 
-    float32 batches of 16 to 143 columns whose ``x`` takes at most 4 MB (``SPMM_VECTOR_MAX_X``)
+    float32 batches of 16 to 143 columns whose ``x`` takes at most 2 MB (``SPMM_VECTOR_MAX_X``)
     take the same register blocking written with explicit 16-lane vectors instead
     (``_spmm_rows16``, :mod:`sparsenn.simd`): the whole batch in one pass, ``batch // 16``
     accumulators and one more for the last 16 columns. On layers whose ``x`` is in the caches
     that is 1.1-1.3x the blocks above (LeNet-300-100's RadiX fc1 at batch 100: 37 -> 29 us
     forward, 40 -> 32 us ``W^T dy``); on larger ones the blocks are faster (RadiX layers at
-    batch 100: the same at 8,192 neurons, x 3.3 MB; 1.2x the vectors at 16,384; 1.3-1.6x at
-    65,536 and 262,144), for a reason not found, so they keep the blocks.
+    batch 100, 2 threads: the same at 8,192 neurons, x 3.3 MB; 1.2x the vectors at 16,384;
+    1.3-1.6x at 65,536 and 262,144; at batch 50 on one thread, a rank's share on 2 MPI ranks,
+    the vectors 1.1x faster with x at 1.6 MB, the blocks 1.1x faster at 3.1 MB and 1.3-1.5x at
+    12.5 MB), for a reason not found, so they keep the blocks.
     """
     batch = x.shape[1]
     if (x.dtype == np.float32 and data.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
