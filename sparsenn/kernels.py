@@ -339,7 +339,7 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None
     """
     batch = x.shape[1]
     if (x.dtype == np.float32 and data.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
-            and x.nbytes <= SPMM_VECTOR_MAX_X):
+            and x.nbytes <= SPMM_VECTOR_MAX_X and x.flags.c_contiguous and out.flags.c_contiguous):
         _SPMM_KERNELS[batch // 16](indptr, indices, data, x, out, bounds, perm, bias, order)
         return
     for b0, w, c0, v in _blocks_of(batch):
@@ -349,7 +349,7 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None
 @njit(inline="always")
 def _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, r0, r1, NV):
     """out[r] = sum_k w_k x[c_k] (+ bias[r]) for the rows r0 <= i < r1 of the order, float32,
-    batch = 16 NV + a tail of 0-15 columns (NV a literal, 1 to 8): NV vector accumulators, and
+    batch = 16 NV + a tail of 0-15 columns (NV a compile-time constant, 1 to 8): NV vector accumulators, and
     one more for the last 16 columns when there is a tail. That one overlaps the last whole
     vector; the overlapping lanes hold the same sums in the same order, so storing both is safe.
     Per nonzero: one broadcast weight, one FMA per accumulator with its slice of ``x[c_k]``."""
@@ -536,7 +536,7 @@ def sddmm_any(indptr, indices, dy, x, out, bounds, order=None):
 @njit(inline="always")
 def _dot16(xr, g, NV, gt):
     """The 16-lane partial sums of dot(g, xr) over 16 NV + tail columns (tail 0-15): NV whole
-    vectors (NV a literal: the loop is unrolled, one FMA each), then the last 16 columns against
+    vectors (NV a compile-time constant: the loop is unrolled, one FMA each), then the last 16 columns against
     gt, g's last 16 with the lanes the vectors already counted zeroed (all zero when tail = 0:
     one wasted FMA, cheaper than a branch per entry)."""
     a = vfma(vload(xr, xr.shape[0] - 16), gt, vzero())
@@ -548,7 +548,7 @@ def _dot16(xr, g, NV, gt):
 @njit(inline="always")
 def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV):
     """out[k] = dot(dy[r], x[c_k]) for the rows r0 <= i < r1 of the order; float32, batch =
-    16 NV + 0-15 columns (NV a literal, 1 to 8)."""
+    16 NV + 0-15 columns (NV a compile-time constant, 1 to 8)."""
     batch = x.shape[1]
     tail = batch - 16 * NV
     for i in range(r0, r1):
@@ -610,10 +610,13 @@ def sddmm(indptr, indices, dy, x, out, bounds, order=None):
     kernels measured no faster than it).
     Measured against :func:`sddmm_any`, 2 threads (docs/kernels.md): 1.5-1.9x on layers of
     20,000 weights and more in cache (LeNet-300-100's RadiX fc1, batch 100: 62 -> 33 us),
-    1.1-1.3x on the small ones, 1.2-1.4x on a 16,384-wide RadiX layer (memory-bound).
+    1.1-1.3x on the small ones, 1.1-1.4x on RadiX layers of 16,384 to 262,144 neurons, where
+    memory bounds it. (Arrays that are not C-contiguous also take :func:`sddmm_any`: the vector
+    loads need each row's batch contiguous.)
     """
     batch = x.shape[1]
-    if x.dtype == np.float32 and dy.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143:
+    if (x.dtype == np.float32 and dy.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
+            and x.flags.c_contiguous and dy.flags.c_contiguous):
         _SDDMM_KERNELS[batch // 16](indptr, indices, dy, x, out, bounds, order)
     else:
         sddmm_any(indptr, indices, dy, x, out, bounds, order)

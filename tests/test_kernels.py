@@ -336,3 +336,18 @@ def test_spmm_beyond_the_vector_limit_takes_the_blocks_and_agrees(rng):
     out = np.full((12, 100), np.nan, np.float32)
     spmm(p.indptr, p.indices, data, x, out, balanced_row_splits(p.indptr, 2))
     np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, x), rtol=1e-5, atol=1e-5)
+
+
+def test_vector_kernels_step_aside_for_arrays_that_are_not_c_contiguous(rng):
+    """A Fortran-ordered x (each row's batch strided) takes the generic kernels: same results."""
+    p = CSRPattern.from_mask(random_mask(rng, 30, 40, 0.3))
+    data = rng.standard_normal(p.nnz).astype(np.float32)
+    x = np.asfortranarray(rng.standard_normal((40, 100)).astype(np.float32))
+    dy = np.asfortranarray(rng.standard_normal((30, 100)).astype(np.float32))
+    bounds = balanced_row_splits(p.indptr, 2)
+    out = np.full((30, 100), np.nan, np.float32)
+    spmm(p.indptr, p.indices, data, x, out, bounds)
+    np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, x), rtol=1e-5, atol=1e-5)
+    g = np.full(p.nnz, np.nan, np.float32)
+    sddmm(p.indptr, p.indices, dy, x, g, bounds)
+    np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, x), rtol=1e-5, atol=1e-5)
