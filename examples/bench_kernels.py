@@ -409,17 +409,22 @@ def asm_report() -> None:
         "spmm, 128-column register block (_spmm_128)": (K._spmm_128, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
         "spmm, 48-column register block (_spmm_48)": (K._spmm_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
         "spmm, 64+48 columns in one pass (_spmm_64_48)": (K._spmm_64_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
+        "spmm, explicit vectors, 8 (_spmm_vector_kernel)": (K._SPMM_KERNELS[BATCH // 16],
+                                                           (p.indptr, p.indices, data, x, y, bounds, None, None, None)),
         "spmm_plain": (K.spmm_plain, (p.indptr, p.indices, data, x, y, bounds)),
+        "sddmm, explicit vectors, 8 (_sddmm_vector_kernel)": (K._SDDMM_KERNELS[BATCH // 16],
+                                                             (p.indptr, p.indices, dy, x, np.empty(p.nnz, np.float32),
+                                                              bounds, None)),
     }
-    # (sddmm is not listed: the machine code Numba lets us inspect for it shows no multiply-add
-    # at all, so its hot loop is compiled somewhere this view does not reach; unexplained)
+    # (sddmm_any is not listed: the machine code Numba lets us inspect for it shows no
+    # multiply-add at all, so its hot loop is compiled somewhere this view does not reach)
     print("\nFMA instructions in the compiled kernels (float32):")
     for name, (kernel, args) in runs.items():
         fresh = njit(parallel=True, fastmath=True)(kernel.py_func)
         fresh(*args)
         asm = "\n".join(fresh.inspect_asm().values())
         count = {reg: len(re.findall(rf"vfmadd\w*\s+[^\n]*%{reg}", asm)) for reg in ("zmm", "ymm", "xmm")}
-        print(f"  {name:<46} zmm {count['zmm']:>3}  ymm {count['ymm']:>3}  xmm {count['xmm']:>3}  "
+        print(f"  {name:<50} zmm {count['zmm']:>3}  ymm {count['ymm']:>3}  xmm {count['xmm']:>3}  "
               f"gathers {len(re.findall(r'vgather', asm))}")
 
 
