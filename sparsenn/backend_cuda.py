@@ -133,8 +133,6 @@ def softmax_xent(logits, labels, dlogits) -> float:
 sgd_update = _k.sgd_update
 adam_update = _k.adam_update
 gather_batch = _k.gather_batch
-
-
 take = _k.take
 
 

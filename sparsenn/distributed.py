@@ -276,8 +276,8 @@ class DataParallel:
     def shard(self, idx):
         """This rank's contiguous part of a global batch ``idx`` (the rule depends only on the
         batch and the rank count)."""
-        n = len(idx)
-        return idx[self.rank * n // self.size:(self.rank + 1) * n // self.size]
+        part = self.shard_of(self.rank, len(idx))
+        return idx[part.start:part.stop]
 
     def shard_of(self, rank: int, n: int) -> range:
         """Rank ``rank``'s positions in a global batch of ``n`` (:meth:`shard`'s rule)."""

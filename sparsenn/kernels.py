@@ -26,7 +26,8 @@ from numba import carray, config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenn.simd import hsum, hsum8_store, prefetch, transpose16, vadd, vbroadcast, vfma, vload, vmask_tail, vmul, vstore, vzero
+from sparsenn.simd import (hsum, hsum8_store, prefetch, transpose16, vadd, vbroadcast, vfma, vload, vmask_tail, vmul,
+                           vstore, vzero)
 
 _JIT = dict(parallel=True, fastmath=True, cache=True)
 
@@ -300,7 +301,8 @@ def _spmm_narrow(indptr, indices, data, x, out, bounds, b0, c0, perm, bias, orde
 
 
 _BLOCK_KERNELS = {(128, 0): _spmm_128, (96, 0): _spmm_96, (64, 0): _spmm_64, (48, 0): _spmm_48,
-                  (48, 2): _spmm_48_2, (48, 48): _spmm_48_48, (64, 48): _spmm_64_48, (64, 64): _spmm_64_64, (0, 0): _spmm_narrow}
+                  (48, 2): _spmm_48_2, (48, 48): _spmm_48_48, (64, 48): _spmm_64_48, (64, 64): _spmm_64_64,
+                  (0, 0): _spmm_narrow}
 
 
 SPMM_VECTOR_MAX_X = 2 << 20  # bytes of x up to which spmm takes the explicit-vector kernels
@@ -349,9 +351,10 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None
 @njit(inline="always")
 def _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, r0, r1, NV):
     """out[r] = sum_k w_k x[c_k] (+ bias[r]) for the rows r0 <= i < r1 of the order, float32,
-    batch = 16 NV + a tail of 0-15 columns (NV a compile-time constant, 1 to 8): NV vector accumulators, and
-    one more for the last 16 columns when there is a tail. That one overlaps the last whole
-    vector; the overlapping lanes hold the same sums in the same order, so storing both is safe.
+    batch = 16 NV + a tail of 0-15 columns (NV a compile-time constant, 1 to 8): NV vector
+    accumulators, and one more for the last 16 columns when there is a tail. That one overlaps
+    the last whole vector; the overlapping lanes hold the same sums in the same order, so
+    storing both is safe.
     Per nonzero: one broadcast weight, one FMA per accumulator with its slice of ``x[c_k]``."""
     batch = x.shape[1]
     tb = batch - 16
@@ -397,8 +400,6 @@ def _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, r0, r1, NV):
             vstore(y, 96, a6)
         if NV > 7:
             vstore(y, 112, a7)
-
-
 
 
 @functools.lru_cache(maxsize=64)
@@ -536,9 +537,9 @@ def sddmm_any(indptr, indices, dy, x, out, bounds, order=None):
 @njit(inline="always")
 def _dot16(xr, g, NV, gt):
     """The 16-lane partial sums of dot(g, xr) over 16 NV + tail columns (tail 0-15): NV whole
-    vectors (NV a compile-time constant: the loop is unrolled, one FMA each), then the last 16 columns against
-    gt, g's last 16 with the lanes the vectors already counted zeroed (all zero when tail = 0:
-    one wasted FMA, cheaper than a branch per entry)."""
+    vectors (NV a compile-time constant: the loop is unrolled, one FMA each), then the last 16
+    columns against gt, g's last 16 with the lanes the vectors already counted zeroed (all zero
+    when tail = 0: one wasted FMA, cheaper than a branch per entry)."""
     a = vfma(vload(xr, xr.shape[0] - 16), gt, vzero())
     for c in range(NV):
         a = vfma(vload(xr, 16 * c), vload(g, 16 * c), a)

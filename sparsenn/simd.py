@@ -242,8 +242,9 @@ else:
             return None
 
         def codegen(context, builder, sig, args):
-            reduce = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _VEC]), "llvm.vector.reduce.fadd.v16f32")
+            f32 = ir.FloatType()
+            reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, _VEC]),
+                                                    "llvm.vector.reduce.fadd.v16f32")
             return builder.call(reduce, [ir.Constant(ir.FloatType(), 0.0), args[0]], fastmath=("reassoc",))
 
         return types.float32(v), codegen
@@ -265,8 +266,8 @@ else:
                                   _shuffle(builder, v[2 * i], v[2 * i + 1], hi)) for i in range(len(v) // 2)]
             sums = builder.fadd(_shuffle(builder, v[0], v[0], list(range(0, 16, 2))),
                                 _shuffle(builder, v[0], v[0], list(range(1, 16, 2))))
-            builder.store(sums, _address(context, builder, sig.args[8], args[8], args[9], ir.VectorType(ir.FloatType(), 8)),
-                          align=4)
+            eight = ir.VectorType(ir.FloatType(), 8)
+            builder.store(sums, _address(context, builder, sig.args[8], args[8], args[9], eight), align=4)
             return context.get_dummy_value()
 
         return types.none(v0, v1, v2, v3, v4, v5, v6, v7, out, k), codegen

@@ -121,7 +121,8 @@ def test_kernels_run_as_plain_python_with_the_jit_disabled():
             "assert np.allclose(g, sddmm_ref(p.indptr, p.indices, y, x), rtol=1e-4, atol=1e-4); "
             "d = d.astype(np.float32); spmm(p.indptr, p.indices, d, x, y, b); "
             "assert np.allclose(y, spmm_ref(p.indptr, p.indices, d, x), rtol=1e-4, atol=1e-4); "
-            "from sparsenn.kernels import gather_batch, gather_batch_ref; px = rng.integers(0, 256, (40, 20)).astype(np.uint8); "
+            "from sparsenn.kernels import gather_batch, gather_batch_ref; "
+            "px = rng.integers(0, 256, (40, 20)).astype(np.uint8); "
             "ix = rng.integers(0, 40, 17); s1 = np.ones(20, np.float32); s0 = np.zeros(20, np.float32); "
             "o = np.empty((20, 17), np.float32); gather_batch(px, ix, s1, s0, o); "
             "assert np.array_equal(o, gather_batch_ref(px, ix)); print('ok')")
@@ -311,7 +312,8 @@ def test_gather_batch_tiles_and_rows_give_the_twins_bits(rng, dtype, n_features,
     bits as the NumPy twin; shapes under 16 take the rows."""
     from sparsenn.kernels import gather_batch, gather_batch_ref, gather_batch_rows, gather_batch_tiles, prefetch_rows
 
-    data = (rng.integers(0, 256, (500, n_features)) if dtype == np.uint8 else rng.standard_normal((500, n_features))).astype(dtype)
+    raw = rng.integers(0, 256, (500, n_features)) if dtype == np.uint8 else rng.standard_normal((500, n_features))
+    data = raw.astype(dtype)
     idx = rng.integers(0, 500, batch)
     scale = rng.random(n_features).astype(np.float32) + 0.5
     shift = rng.standard_normal(n_features).astype(np.float32)
