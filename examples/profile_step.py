@@ -1,4 +1,4 @@
-"""Where a training step of a large sparse MLP goes: forward, backward, the gradient Allreduce
+"""Where a training step of a large sparse MLP goes: forward, backward, the gradient exchange
 and the optimiser, timed separately (median over warm steps), in one process or under MPI.
 
     python examples/profile_step.py --width 65536                 # 1 rank, all threads, batch 100
@@ -9,6 +9,11 @@ The model is the scaling study's (``examples/scale.py``): 784 -> depth x width R
 the time of a step does not depend on them); under MPI each rank takes its share of the global
 batch, as in training, and the ranks meet at a barrier before each step so that one rank's
 phases are not charged to another's.
+
+Under MPI with every rank on one machine, the ranks share one copy of the weights
+(:meth:`sparsenn.distributed.DataParallel.start`): "exchange" is then the barrier after the
+backward, and "optimiser" is this rank's part of the gradient sum and of the update, and the
+barrier after it. Otherwise "exchange" is the whole gradient sum and "optimiser" the whole step.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import sparse_mlp
 from sparsenn.optim import SGD
 
-PHASES = ("forward", "backward", "allreduce", "optimiser", "step")
+PHASES = ("forward", "backward", "exchange", "optimiser", "step")
 
 
 def parse_args(argv=None):
@@ -51,6 +56,8 @@ def main(argv=None, comm=None) -> int:
                        else "random-equivalent", fan_in=args.fan_in, rng=np.random.default_rng(0))
     parallel = distributed.DataParallel(comm, model) if comm is not None else None
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if parallel is not None:
+        parallel.start(opt)  # as fit does: the step is the ranks' (shared weights where they can)
     local = args.batch_size if parallel is None else len(parallel.shard(np.arange(args.batch_size)))
     rng = np.random.default_rng(1)
     x = rng.random((784, local), dtype=np.float32)
@@ -68,7 +75,10 @@ def main(argv=None, comm=None) -> int:
         if parallel is not None:
             parallel.average_gradients(local, args.batch_size, loss)
         t3 = time.perf_counter()
-        opt.step()
+        if parallel is None:
+            opt.step()
+        else:
+            parallel.step()
         t4 = time.perf_counter()
         if it >= 3:
             for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):

@@ -225,10 +225,31 @@ class DataParallel:
         if shared and self.node is None:
             raise ValueError("shared=True needs every rank on one machine (MPI COMM_TYPE_SHARED)")
         self.shared = self.node is not None
+        self.optimizer = None
+        self.share_weights = False  # decided by start()
+        self._pwin = None  # the window of the shared weights and optimiser state
+        self._bound = []
         self._bind()
+
+    def start(self, optimizer, callbacks=()) -> None:
+        """Called by ``fit`` before the first step: the exchange will also step ``optimizer``.
+
+        When the gradients are summed in shared memory and no callback runs between the steps,
+        the ranks also share one copy of the weights and of the optimiser state (a second
+        shared-memory window): each rank sums only its own part of the gradients and updates
+        only that part of the weights (:meth:`step`), so the optimiser's work is not repeated on
+        every rank and the model's memory is not either. A callback (pruning, say) reads and
+        writes the weights between steps, and on one shared copy each rank's callback would
+        race the others'; with callbacks every rank keeps its own weights and takes the whole
+        step, as without shared memory."""
+        self.optimizer = optimizer
+        self.share_weights = self.shared and not callbacks and optimizer is not None
 
     def exchange(self) -> str:
         """How the gradients travel, for the run's log."""
+        if self.share_weights:
+            return (f"gradients summed in shared memory, {self.bytes_per_step:,} bytes (gradients and loss) per step; "
+                    f"one copy of the weights and optimiser state, each rank updating 1/{self.size} of it")
         if self.shared:
             return f"gradients summed in shared memory, {self.bytes_per_step:,} bytes (gradients and loss) per step"
         return f"one Allreduce of {self.bytes_per_step:,} bytes (gradients and loss) per step"
@@ -265,6 +286,7 @@ class DataParallel:
         (a copy) and free the shared-memory window. Training with this object again re-binds."""
         if self._win is None:
             return
+        self._unshare_weights()
         for p in self.model.parameters():
             p.grad = p.grad.copy()
         self._grads = []
@@ -293,6 +315,8 @@ class DataParallel:
         if len(params) != len(self._grads) or any(p.grad is not g for p, g in zip(params, self._grads)):
             self._bind()  # pruning or a restored checkpoint gave some parameters new grads: copy them in
         self.flat[-1] = loss
+        if self.share_weights:
+            return self._loss_shared(n_local, n_global)
         if self.shared:
             return self._average_shared(n_local, n_global)
         share = np.float32(n_local / n_global)
@@ -329,6 +353,113 @@ class DataParallel:
     def _average_shared(self, n_local: int, n_global: int) -> float:
         from sparsenn.kernels import weighted_sum_into
 
+        weights = self._shares(n_local, n_global)
+        n = self.flat.size
+        self._barrier()  # every rank's backward has written its buffer
+        weighted_sum_into(self._bufs, weights, self.rank * n // self.size, (self.rank + 1) * n // self.size, self._bufs)
+        self._barrier()  # every slice is summed into every buffer
+        return float(self.flat[-1])
+
+    def step(self) -> None:
+        """The optimiser step after :meth:`average_gradients`: every rank's whole step, or, with
+        shared weights (:meth:`start`), this rank's part of the gradient sum and of the update,
+        then a barrier, after which every rank sees the whole updated model."""
+        if not self.share_weights:
+            self.optimizer.step()
+            return
+        from sparsenn.kernels import weighted_sum_into
+
+        if not self._weights_bound():
+            self._share()
+        part = self.shard_of(self.rank, self.flat.size - 1)  # the gradients, not the loss after them
+        lo, hi = part.start, part.stop
+        weighted_sum_into(self._bufs, self._batch_weights, lo, hi, (self.flat,))  # the mean gradient, this part
+        self.optimizer.step(part=(lo, hi))
+        self._barrier()  # every part of the weights is updated
+
+    # ---- shared weights: one copy of the model and optimiser state for the ranks on a machine --
+    # After the backward (a barrier) each rank sums slice r of the P gradient buffers into its own
+    # buffer (nobody else needs that slice), and updates slice r of the one copy of the weights
+    # and optimiser state; after a second barrier every rank reads the same new weights. Per
+    # rank and step: reads P/P and writes 1/P of the gradients, and updates 1/P of the model,
+    # where summing into every buffer then stepping the whole model read and wrote all of both.
+
+    def _arrays(self) -> list:
+        """The arrays the shared window holds, in order: every parameter's value, then every
+        parameter's optimiser state."""
+        out = [p.value for p in self.model.parameters()]
+        for st in self.optimizer.state:
+            out.extend(st[k] for k in sorted(st))
+        return out
+
+    def _weights_bound(self) -> bool:
+        arrays = self._arrays()
+        return len(arrays) == len(self._bound) and all(a is b for a, b in zip(arrays, self._bound))
+
+    def _share(self) -> None:
+        """Move the weights and optimiser state into one shared window (again after pruning or a
+        restored optimiser state replaced some of them). Collective."""
+        from mpi4py import MPI
+
+        params = self.model.parameters()
+        if len(params) != len(self.optimizer.params) or any(p is not q for p, q in zip(params, self.optimizer.params)):
+            raise ValueError("data-parallel training with shared weights needs an optimiser over exactly the "
+                             "model's parameters, in order")
+        arrays = self._arrays()
+        sizes = [(a.size + 15) // 16 * 16 for a in arrays]  # each array on its own 64-byte lines
+        old = self._pwin
+        win = MPI.Win.Allocate_shared(4 * sum(sizes) if self.rank == 0 else 0, 4, comm=self.node)
+        buf = np.frombuffer(win.Shared_query(0)[0], dtype=np.float32, count=sum(sizes))
+        win.Lock_all(MPI.MODE_NOCHECK)
+        views, offset = [], 0
+        for a, n in zip(arrays, sizes):
+            views.append(buf[offset:offset + a.size].reshape(a.shape))
+            offset += n
+        if self.rank == 0:  # the ranks hold the same values (check_same): one copies them in
+            for v, a in zip(views, arrays):
+                v[...] = a
+        win.Sync()
+        self.node.Barrier()
+        win.Sync()
+        for p, v in zip(params, views):
+            p.value = v
+        k = len(params)
+        for st in self.optimizer.state:
+            for name in sorted(st):
+                st[name] = views[k]
+                k += 1
+        self._bound = views
+        if old is not None:  # no rank reads the old copy any more
+            self.node.Barrier()
+            old.Unlock_all()
+            old.Free()
+        self._pwin = win
+
+    def _unshare_weights(self) -> None:
+        """Give every parameter and optimiser state its own memory again. Collective."""
+        if self._pwin is None:
+            return
+        for p in self.model.parameters():
+            p.value = p.value.copy()
+        for st in self.optimizer.state:
+            for name in st:
+                st[name] = st[name].copy()
+        self._bound = []
+        self.node.Barrier()
+        self._pwin.Unlock_all()
+        self._pwin.Free()
+        self._pwin = None
+
+    def _loss_shared(self, n_local: int, n_global: int) -> float:
+        """With shared weights: wait for every rank's backward; return the global batch's mean
+        loss, summed by each rank from every buffer's last slot (which nobody writes before the
+        next step's backward, after the barrier that ends this step)."""
+        self._batch_weights = self._shares(n_local, n_global)
+        self._barrier()  # every rank's backward has written its buffer
+        return float(sum(w * b[-1] for w, b in zip(self._batch_weights, self._bufs)))
+
+    def _shares(self, n_local: int, n_global: int) -> np.ndarray:
+        """Each rank's share of the global batch (float32), after checking this rank's count."""
         if not self._same_sizes:
             raise ValueError("the ranks' models differ: their gradient buffers have different sizes "
                              f"({', '.join(str(b.size) for b in self._bufs)} values)")
@@ -336,12 +467,7 @@ class DataParallel:
         if counts[self.rank] != n_local:
             raise ValueError(f"rank {self.rank} trained on {n_local} images of a batch of {n_global}; "
                              f"DataParallel.shard gives it {counts[self.rank]}")
-        weights = np.array(counts, dtype=np.float32) / np.float32(n_global)
-        n = self.flat.size
-        self._barrier()  # every rank's backward has written its buffer
-        weighted_sum_into(self._bufs, weights, self.rank * n // self.size, (self.rank + 1) * n // self.size)
-        self._barrier()  # every slice is summed into every buffer
-        return float(self.flat[-1])
+        return np.array(counts, dtype=np.float32) / np.float32(n_global)
 
     def sum(self, *values) -> np.ndarray:
         """The sum over ranks of a few float64 numbers (losses, counts)."""

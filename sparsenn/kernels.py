@@ -825,28 +825,29 @@ def adam_update_ref(w, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def weighted_sum_into(bufs, weights, lo, hi):
-    """For lo <= i < hi: s = sum_q weights[q] * bufs[q][i], then bufs[q][i] = s for every q.
+def weighted_sum_into(bufs, weights, lo, hi, outs):
+    """For lo <= i < hi: s = sum_q weights[q] * bufs[q][i], then out[i] = s for every out in outs.
 
     bufs: a tuple of P equal-length float32 arrays (the P ranks' gradient buffers, all mapped
     into this process from one MPI shared-memory window); weights[P] float32 (rank q's share of
-    the global batch). Each rank sums its own slice [lo, hi) and writes the result into every
-    rank's buffer, so after a barrier every buffer holds the same average, bit for bit. Cost:
-    reads and writes P x (hi - lo) floats.
+    the global batch); outs: a tuple of arrays of that length to write the sums into (every
+    rank's buffer, so that after a barrier every buffer holds the same average, bit for bit; or
+    only this rank's, when it alone uses the sum of its slice). Each rank sums its own slice
+    [lo, hi). Cost: reads P x (hi - lo) floats, writes len(outs) x (hi - lo).
     """
     for i in prange(lo, hi):
         s = weights[0] * bufs[0][i]
         for q in range(1, len(bufs)):
             s += weights[q] * bufs[q][i]
-        for q in range(len(bufs)):
-            bufs[q][i] = s
+        for q in range(len(outs)):  # (not ``for out in outs``: in a prange Numba drops those stores)
+            outs[q][i] = s
 
 
-def weighted_sum_into_ref(bufs, weights, lo, hi):
+def weighted_sum_into_ref(bufs, weights, lo, hi, outs):
     """NumPy twin of :func:`weighted_sum_into` (in place)."""
     s = sum(np.float32(w) * b[lo:hi] for w, b in zip(weights, bufs))
-    for b in bufs:
-        b[lo:hi] = s
+    for out in outs:
+        out[lo:hi] = s
 
 
 # ---------------------------------------------------------------------------------------------

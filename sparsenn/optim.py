@@ -81,6 +81,20 @@ class Optimizer:
     def zero_state(self) -> None:
         self.state = [self._zeros(p) for p in self.params]
 
+    def _pieces(self, part):
+        """``(param, state, a, b)`` for each parameter with positions in ``part``: ``(lo, hi)``
+        counts the positions of all parameters laid end to end, in order, and ``[a, b)`` are
+        the positions of ``param`` (flattened) that fall in ``[lo, hi)``. Every position of
+        every parameter when ``part`` is None."""
+        lo, hi = (0, float("inf")) if part is None else part
+        start = 0
+        for p, st in zip(self.params, self.state):
+            n = p.value.size
+            a, b = max(lo - start, 0), min(hi - start, n)
+            if a < b:
+                yield p, st, a, b
+            start += n
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
@@ -101,11 +115,14 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
 
-    def step(self) -> None:
+    def step(self, part=None) -> None:
+        """One update of every parameter, or only of the positions ``part`` = ``(lo, hi)`` of
+        all parameters laid end to end (data-parallel ranks that share one copy of the weights
+        each update their own part: :class:`sparsenn.distributed.DataParallel`)."""
         self.steps += 1
-        for p, st in zip(self.params, self.state):
+        for p, st, a, b in self._pieces(part):
             wd = self.weight_decay if p.decay else 0.0
-            self.ops.sgd_update(_flat(p.value), _flat(p.grad), _flat(st["velocity"]),
+            self.ops.sgd_update(_flat(p.value)[a:b], _flat(p.grad)[a:b], _flat(st["velocity"])[a:b],
                                 self.lr * p.lr_scale, self.momentum, wd, self.nesterov)
 
 
@@ -124,11 +141,12 @@ class Adam(Optimizer):
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
 
-    def step(self) -> None:
+    def step(self, part=None) -> None:
+        """One update of every parameter, or only of the positions ``part`` (see :meth:`SGD.step`)."""
         self.steps += 1
         b1, b2 = self.betas
         bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
-        for p, st in zip(self.params, self.state):
+        for p, st, a, b in self._pieces(part):
             wd = self.weight_decay if p.decay else 0.0
-            self.ops.adam_update(_flat(p.value), _flat(p.grad), _flat(st["m"]), _flat(st["v"]),
+            self.ops.adam_update(_flat(p.value)[a:b], _flat(p.grad)[a:b], _flat(st["m"])[a:b], _flat(st["v"])[a:b],
                                  self.lr * p.lr_scale, b1, b2, self.eps, wd, bc1, bc2)

@@ -209,6 +209,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
                 log(f"{metrics_path}: removed {dropped} line(s) written after step {step} by the stopped run")
     if parallel is not None:
         parallel.check_same("at the start of training" if resume is None else f"after resuming from {resume}")
+        parallel.start(optimizer, callbacks)  # the ranks may share the weights from the first step
         log(f"data-parallel over {parallel.size} ranks: each takes {batch_size // parallel.size}-"
             f"{-(-batch_size // parallel.size)} images of every batch of {batch_size}; {parallel.exchange()}")
     if metrics_path:
@@ -286,7 +287,10 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
                     if len(blown) >= blowup_steps:
                         raise diverged(f"the loss exceeded {blowup_factor:g} x the loss of guessing ({guess:.3g}) "
                                        f"in {len(blown)} of the last {blowup_window} steps (now {loss:.3g})")
-                optimizer.step()
+                if parallel is None:
+                    optimizer.step()
+                else:  # every rank's step, or its part of one step on weights the ranks share
+                    parallel.step()
                 step += 1
                 losses.append(loss)
                 images += n_global

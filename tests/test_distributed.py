@@ -132,12 +132,27 @@ def test_the_shared_sum_kernel_matches_its_twin(rng):
     mean = 0.25 * want[0].astype(np.float64) + 0.5 * want[1] + 0.25 * want[2]
     weights = np.array([0.25, 0.5, 0.25], np.float32)
     for lo, hi in ((0, 334), (334, 667), (667, 1001)):  # three ranks, each its slice
-        weighted_sum_into(bufs, weights, lo, hi)
-        weighted_sum_into_ref(want, weights, lo, hi)
+        weighted_sum_into(bufs, weights, lo, hi, bufs)
+        weighted_sum_into_ref(want, weights, lo, hi, want)
     for b, w in zip(bufs, want):
         np.testing.assert_allclose(b, w, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(b, mean, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(b, bufs[0])  # every buffer holds the same sum
+
+
+def test_the_shared_sum_into_one_buffer_leaves_the_others(rng):
+    from sparsenn.kernels import weighted_sum_into, weighted_sum_into_ref
+
+    bufs = tuple(rng.standard_normal(100).astype(np.float32) for _ in range(2))
+    before = tuple(b.copy() for b in bufs)
+    weights = np.array([0.5, 0.5], np.float32)
+    weighted_sum_into(bufs, weights, 50, 100, (bufs[1],))  # rank 1's slice, into rank 1's buffer only
+    np.testing.assert_array_equal(bufs[0], before[0])
+    np.testing.assert_array_equal(bufs[1][:50], before[1][:50])
+    np.testing.assert_allclose(bufs[1][50:], 0.5 * before[0][50:] + 0.5 * before[1][50:], rtol=1e-6)
+    want = tuple(b.copy() for b in before)
+    weighted_sum_into_ref(want, weights, 50, 100, (want[1],))
+    np.testing.assert_allclose(bufs[1], want[1], rtol=1e-6)
 
 
 @needs_mpi

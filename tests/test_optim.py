@@ -119,3 +119,36 @@ def test_sum_batch_matches_twin(rng):
         out = np.full(shape[0], np.nan, np.float32)
         sum_batch(dy, out)
         np.testing.assert_allclose(out, sum_batch_ref(dy), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+                                  lambda ps: Adam(ps, lr=0.01, weight_decay=1e-2)])
+def test_a_step_in_parts_is_the_whole_step(rng, make):
+    """What data-parallel ranks sharing one copy of the weights do: each updates its part of all
+    parameters laid end to end; parts that split a parameter, or skip one, give the same bits."""
+    def params():
+        r = np.random.default_rng(3)
+        ps = [Parameter(r.standard_normal(s).astype(np.float32), n, decay=(n != "b"))
+              for s, n in (((7, 5), "w"), (5, "b"), (40, "w2"))]
+        return ps
+
+    whole, parts = params(), params()
+    opt_whole, opt_parts = make(whole), make(parts)
+    for _ in range(3):
+        g = [rng.standard_normal(p.value.shape).astype(np.float32) for p in whole]
+        for p, q, gi in zip(whole, parts, g):
+            p.grad[...] = gi
+            q.grad[...] = gi
+        opt_whole.step()
+        for rank, (lo, hi) in enumerate(((0, 30), (30, 38), (38, 80))):  # three ranks, in any order
+            opt_parts.step(part=(lo, hi))
+            if rank < 2:
+                opt_parts.steps -= 1  # one step, taken by three ranks (each counts it once)
+    for p, q in zip(whole, parts):
+        np.testing.assert_array_equal(p.value, q.value)
+    first = params()
+    opt = make(first)
+    first[1].grad[...] = 1.0
+    opt.step(part=(35, 40))  # only the bias (positions 35-39) moves
+    np.testing.assert_array_equal(first[0].value, params()[0].value)
+    assert not np.array_equal(first[1].value, params()[1].value)

@@ -93,5 +93,5 @@ def test_profile_step_times_every_phase():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "radix 2 x 1,024, fan-in 32: 1 rank(s)" in out and "100 images per rank" in out
-    for phase in ("forward", "backward", "allreduce", "optimiser", "step"):
+    for phase in ("forward", "backward", "exchange", "optimiser", "step"):
         assert f" {phase} " in out
