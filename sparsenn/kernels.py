@@ -547,9 +547,10 @@ def _dot16(xr, g, NV, gt):
 
 
 @njit(inline="always")
-def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV):
+def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV, G):
     """out[k] = dot(dy[r], x[c_k]) for the rows r0 <= i < r1 of the order; float32, batch =
-    16 NV + 0-15 columns (NV a compile-time constant, 1 to 8)."""
+    16 NV + 0-15 columns (NV a compile-time constant, 1 to 8). G (a constant, 8 or 4): the
+    entries taken together, eight with one tree of horizontal sums or four with one each."""
     batch = x.shape[1]
     tail = batch - 16 * NV
     for i in range(r0, r1):
@@ -557,7 +558,7 @@ def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV):
         g = dy[r]
         gt = vmask_tail(vload(g, batch - 16), tail)
         k, end = indptr[r], indptr[r + 1]
-        while k + 8 <= end:  # eight entries: eight independent chains of FMAs, one tree of sums
+        while G == 8 and k + 8 <= end:  # eight entries: eight independent chains of FMAs, one tree of sums
             a0 = _dot16(x[indices[k]], g, NV, gt)
             a1 = _dot16(x[indices[k + 1]], g, NV, gt)
             a2 = _dot16(x[indices[k + 2]], g, NV, gt)
@@ -568,24 +569,33 @@ def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV):
             a7 = _dot16(x[indices[k + 7]], g, NV, gt)
             hsum8_store(a0, a1, a2, a3, a4, a5, a6, a7, out, k)
             k += 8
+        while k + 4 <= end:  # (G = 4) four entries, four rows of x in flight
+            a0 = _dot16(x[indices[k]], g, NV, gt)
+            a1 = _dot16(x[indices[k + 1]], g, NV, gt)
+            a2 = _dot16(x[indices[k + 2]], g, NV, gt)
+            a3 = _dot16(x[indices[k + 3]], g, NV, gt)
+            out[k], out[k + 1], out[k + 2], out[k + 3] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+            k += 4
         while k < end:
             out[k] = hsum(_dot16(x[indices[k]], g, NV, gt))
             k += 1
 
 
-def _sddmm_vector_kernel(NV):
-    """The compiled kernel for batches of 16 NV to 16 NV + 15 columns, as
+def _sddmm_vector_kernel(NV, G=8):
+    """The compiled kernel for batches of 16 NV to 16 NV + 15 columns, entries G at a time, as
     :func:`_spmm_vector_kernel`."""
 
     @njit(**_JIT)
     def kernel(indptr, indices, dy, x, out, bounds, order):
         for p in prange(len(bounds) - 1):
-            _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, NV)
+            _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, NV, G)
 
     return kernel
 
 
 _SDDMM_KERNELS = (None,) + tuple(_sddmm_vector_kernel(nv) for nv in range(1, 9))  # by batch // 16
+_SDDMM_KERNELS4 = (None,) + tuple(_sddmm_vector_kernel(nv, 4) for nv in range(1, 9))  # entries four at a time
+SDDMM_GROUP8_MAX_X = 2 << 20  # bytes of x beyond which ordered (RadiX) layers take four entries at a time
 
 
 def sddmm(indptr, indices, dy, x, out, bounds, order=None):
@@ -614,11 +624,20 @@ def sddmm(indptr, indices, dy, x, out, bounds, order=None):
     1.1-1.3x on the small ones, 1.1-1.4x on RadiX layers of 16,384 to 262,144 neurons, where
     memory bounds it. (Arrays that are not C-contiguous also take :func:`sddmm_any`: the vector
     loads need each row's batch contiguous.)
+
+    Layers beyond the caches with a locality order (RadiX-Nets: ``order`` given), ``x`` over
+    :data:`SDDMM_GROUP8_MAX_X` and at least 64 columns take four entries at a time, each with
+    its own horizontal sum: fewer rows of ``x`` in flight at once. Measured, batch 100, 2
+    threads, RadiX fan-in 32: 1.05-1.2x from 8,192 to 262,144 neurons (262,144: 50-57 -> 60
+    GFLOP/s). Not elsewhere: in cache the eight-entry tree was 1.05-1.12x faster, on random
+    layers (no order) 1.05-1.2x, and at batch 50 (2 MPI ranks' share) it was 1.15-1.25x faster
+    at 131,072-262,144 neurons and within the noise below.
     """
     batch = x.shape[1]
     if (x.dtype == np.float32 and dy.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
             and x.flags.c_contiguous and dy.flags.c_contiguous):
-        _SDDMM_KERNELS[batch // 16](indptr, indices, dy, x, out, bounds, order)
+        four = order is not None and batch >= 64 and x.nbytes > SDDMM_GROUP8_MAX_X
+        (_SDDMM_KERNELS4 if four else _SDDMM_KERNELS)[batch // 16](indptr, indices, dy, x, out, bounds, order)
     else:
         sddmm_any(indptr, indices, dy, x, out, bounds, order)
 

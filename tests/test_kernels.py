@@ -134,9 +134,10 @@ def test_kernels_run_as_plain_python_with_the_jit_disabled():
 @pytest.mark.parametrize("batch", [16, 17, 31, 32, 47, 50, 64, 96, 100, 111, 112, 127, 128, 143])
 def test_the_vector_sddmm_covers_every_batch_tail_and_row_length(rng, batch):
     """float32, 16-143 columns: one kernel per whole-vector count, a masked vector for the
-    tail. Rows of 0 to 20 entries exercise the groups of eight, the single entries, and empty rows."""
+    tail. Rows of 0 to 20 entries exercise the groups of eight (and of four, in the kernels for
+    layers beyond the caches), the single entries, and empty rows."""
     from sparsenn.csr import _ordered_indptr
-    from sparsenn.kernels import _SDDMM_KERNELS, sddmm_any
+    from sparsenn.kernels import _SDDMM_KERNELS, _SDDMM_KERNELS4, sddmm_any
 
     lengths = np.arange(21)
     mask = np.zeros((len(lengths), 40), bool)
@@ -151,12 +152,29 @@ def test_the_vector_sddmm_covers_every_batch_tail_and_row_length(rng, batch):
         for order in (None, rng.permutation(p.shape[0]).astype(np.int64)):
             if order is not None:
                 bounds = balanced_row_splits(_ordered_indptr(p.indptr, order), n_parts)
-            g = np.full(p.nnz, np.nan, np.float32)
-            _SDDMM_KERNELS[batch // 16](p.indptr, p.indices, dy, x, g, bounds, order)
-            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+            for table in (_SDDMM_KERNELS, _SDDMM_KERNELS4):
+                g = np.full(p.nnz, np.nan, np.float32)
+                table[batch // 16](p.indptr, p.indices, dy, x, g, bounds, order)
+                np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
             g2 = np.full(p.nnz, np.nan, np.float32)
             sddmm_any(p.indptr, p.indices, dy, x, g2, bounds, order)
             np.testing.assert_allclose(g2, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sddmm_takes_four_entries_at_a_time_on_ordered_layers_beyond_the_caches(rng, monkeypatch):
+    from sparsenn import kernels
+
+    calls = []
+    for name in ("_SDDMM_KERNELS", "_SDDMM_KERNELS4"):
+        monkeypatch.setattr(kernels, name, tuple(None if k is None else (lambda *a, n=name: calls.append(n))
+                                                 for k in getattr(kernels, name)))
+    p = CSRPattern.from_mask(rng.random((64, 64)) < 0.2)
+    order = np.arange(64, dtype=np.int64)
+    g = np.empty(p.nnz, np.float32)
+    for batch, n_in, o in ((100, 8192, order), (100, 8192, None), (50, 8192, order), (100, 64, order)):
+        x = np.zeros((n_in, batch), np.float32)  # 3.1 MB for 8,192 x 100: over SDDMM_GROUP8_MAX_X
+        kernels.sddmm(p.indptr, p.indices, np.zeros((64, batch), np.float32), x, g, np.array([0, 64]), o)
+    assert calls == ["_SDDMM_KERNELS4", "_SDDMM_KERNELS", "_SDDMM_KERNELS", "_SDDMM_KERNELS"]
 
 
 def test_simd_operations_match_numpy(rng):
