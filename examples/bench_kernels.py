@@ -54,7 +54,7 @@ import numba
 import numpy as np
 import scipy
 
-from sparsenn import cli
+from sparsenn import backend_cpu, cli
 from sparsenn.csr import CSRPattern, balanced_row_splits
 from sparsenn.kernels import sddmm, sddmm_plain, spmm, spmm_plain
 from sparsenn.runtime import thread_info
@@ -146,8 +146,10 @@ def make_operands(case: Case):
 
 
 def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
-    """As the layer runs them: the fast kernels with the pattern's thread splits and row orders
-    (``CSRPattern.splits``, ``.orders``); the textbook loops in the natural order."""
+    """As the layer runs them: the fast kernels with the pattern's thread splits, row orders and
+    column blocks (``CSRPattern.splits``, ``.orders``, ``.segments``, chosen as
+    ``sparsenn.backend_cpu`` chooses them, once, so that the time is the kernel's); the textbook
+    loops in the natural order."""
     n_threads = numba.get_num_threads()
     if plain:
         _spmm, _sddmm = spmm_plain, sddmm_plain
@@ -158,6 +160,7 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
         _spmm, _sddmm = spmm, sddmm
         bounds, t_bounds = p.splits(n_threads)
         order, t_order = p.orders()
+        seg, t_seg = backend_cpu.column_segments_for(p, x), backend_cpu.column_segments_for(p, dy, transpose=True)
     y = np.empty((p.shape[0], x.shape[1]), np.float32)  # outputs preallocated, as in the layer
     dx = np.empty_like(x)
     dw = np.empty_like(data)
@@ -166,7 +169,7 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
         if plain:
             _spmm(p.indptr, p.indices, data, x, y, bounds)
         else:
-            _spmm(p.indptr, p.indices, data, x, y, bounds, None, None, order)
+            _spmm(p.indptr, p.indices, data, x, y, bounds, None, None, order, seg)
         return y
 
     def backward_input():
@@ -174,14 +177,14 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
         if plain:
             _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
         else:
-            _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm, None, t_order)
+            _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm, None, t_order, t_seg)
         return dx
 
     def weight_grad():
         if plain:
             _sddmm(p.indptr, p.indices, dy, x, dw, bounds)
         else:
-            _sddmm(p.indptr, p.indices, dy, x, dw, bounds, order)
+            _sddmm(p.indptr, p.indices, dy, x, dw, bounds, order, seg)
         return dw
 
     return dict(forward=forward, backward_input=backward_input, weight_grad=weight_grad)
@@ -410,11 +413,17 @@ def asm_report() -> None:
         "spmm, 48-column register block (_spmm_48)": (K._spmm_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
         "spmm, 64+48 columns in one pass (_spmm_64_48)": (K._spmm_64_48, (p.indptr, p.indices, data, x, y, bounds, 0, 0, None, None, None)),
         "spmm, explicit vectors, 8 (_spmm_vector_kernel)": (K._SPMM_KERNELS[BATCH // 16],
-                                                           (p.indptr, p.indices, data, x, y, bounds, None, None, None)),
+                                                           (p.indptr, p.indices, data, x, y, bounds, None, None, None, None)),
+        "spmm, explicit vectors, 8, column blocks": (K._SPMM_KERNELS[BATCH // 16],
+                                                     (p.indptr, p.indices, data, x, y, bounds, None, None, None,
+                                                      p.segments(2))),
         "spmm_plain": (K.spmm_plain, (p.indptr, p.indices, data, x, y, bounds)),
         "sddmm, explicit vectors, 8 (_sddmm_vector_kernel)": (K._SDDMM_KERNELS[BATCH // 16],
                                                              (p.indptr, p.indices, dy, x, np.empty(p.nnz, np.float32),
-                                                              bounds, None)),
+                                                              bounds, None, None)),
+        "sddmm, explicit vectors, 4 (_sddmm_vector_kernel)": (K._SDDMM_KERNELS4[BATCH // 16],
+                                                             (p.indptr, p.indices, dy, x, np.empty(p.nnz, np.float32),
+                                                              bounds, None, None)),
     }
     # (sddmm_any is not listed: the machine code Numba lets us inspect for it shows no
     # multiply-add at all, so its hot loop is compiled somewhere this view does not reach)

@@ -74,25 +74,33 @@ def sum_batch(dy, out) -> None:
     _k.sum_batch(dy, out)
 
 
+def column_segments_for(pattern, x, transpose=False):
+    """The column blocks of W (or W^T) for the operand x, or None (kernels.column_blocks)."""
+    n = _k.column_blocks(pattern.shape[1 if transpose else 0], pattern.nnz, x)
+    return pattern.segments(n, transpose) if n > 1 else None
+
+
 def spmm(pattern, data, x, out, bias=None) -> None:
     """out = W x (+ bias[:, None]) for W = (pattern, data)."""
     bounds, _ = pattern.splits(numba.get_num_threads())
     order, _ = pattern.orders()
-    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias, order)  # the bias in the same pass
+    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias, order,  # the bias in the same pass
+            column_segments_for(pattern, x))
 
 
 def spmm_t(pattern, data, dy, out) -> None:
     """out = W^T dy: the transpose index of W, its values read through t_perm."""
     _, t_bounds = pattern.splits(numba.get_num_threads())
     _, t_order = pattern.orders()
-    _k.spmm(pattern.t_indptr, pattern.t_rows, data, dy, out, t_bounds, pattern.t_perm, None, t_order)
+    _k.spmm(pattern.t_indptr, pattern.t_rows, data, dy, out, t_bounds, pattern.t_perm, None, t_order,
+            column_segments_for(pattern, dy, transpose=True))
 
 
 def sddmm(pattern, dy, x, out) -> None:
     """out[k] = dy[row_k] . x[col_k] for each stored entry k."""
     bounds, _ = pattern.splits(numba.get_num_threads())
     order, _ = pattern.orders()
-    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds, order)
+    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds, order, column_segments_for(pattern, x))
 
 
 # ------------------------------------------------------------------ elementwise

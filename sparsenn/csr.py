@@ -180,6 +180,23 @@ def _better_order(indptr, indices, col_ptr, col_rows, n_in):
     return order if gain > 0.1 else None
 
 
+def column_segments(indptr, indices, n_cols: int, n_blocks: int) -> np.ndarray:
+    """Each row's entries cut by ``n_blocks`` equal ranges of columns: int64 ``seg[n_rows,
+    n_blocks+1]``, row r's entries in column block b being ``seg[r, b] <= k < seg[r, b+1]``
+    (``seg[r, 0] = indptr[r]``, ``seg[r, -1] = indptr[r+1]``; the columns of a row are sorted,
+    so each block's entries are contiguous). Block b holds the columns from ``b * width`` to
+    ``(b+1) * width`` with ``width = ceil(n_cols / n_blocks)``. O(nnz) time and memory."""
+    n_rows = len(indptr) - 1
+    width = max(1, -(-n_cols // n_blocks))
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr))
+    counts = np.bincount(rows * n_blocks + indices // width, minlength=n_rows * n_blocks).reshape(n_rows, n_blocks)
+    seg = np.empty((n_rows, n_blocks + 1), np.int64)
+    seg[:, 0] = indptr[:-1]
+    np.cumsum(counts, axis=1, out=seg[:, 1:])
+    seg[:, 1:] += seg[:, :1]
+    return seg
+
+
 def _ordered_indptr(indptr, order):
     """The indptr of the rows taken in ``order`` (for balancing chunks of that order)."""
     if order is None:
@@ -268,6 +285,17 @@ class CSRPattern:
             self.cache["orders"] = (_better_order(self.indptr, self.indices, self.t_indptr, self.t_rows, self.shape[1]),
                                     _better_order(self.t_indptr, self.t_rows, self.indptr, self.indices, self.shape[0]))
         return self.cache["orders"]
+
+    def segments(self, n_blocks: int, transpose: bool = False) -> np.ndarray:
+        """:func:`column_segments` of W (or of W^T, ``transpose=True``) in ``n_blocks`` column
+        blocks, computed once per block count (the kernels' column blocking)."""
+        key = ("segments", n_blocks, transpose)
+        if key not in self.cache:
+            if transpose:
+                self.cache[key] = column_segments(self.t_indptr, self.t_rows, self.shape[0], n_blocks)
+            else:
+                self.cache[key] = column_segments(self.indptr, self.indices, self.shape[1], n_blocks)
+        return self.cache[key]
 
     def nbytes(self) -> int:
         """Bytes to store the weights in CSR: indptr + indices + float32 data."""

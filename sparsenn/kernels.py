@@ -107,6 +107,23 @@ def _bias(bias, r, like):
 
 
 @njit(inline="always")
+def _entries(indptr, seg, r, b):
+    """Row r's entries in column block b: (seg[r, b], seg[r, b+1]); all of the row's,
+    (indptr[r], indptr[r+1]), when there are no blocks (seg None: compiled away)."""
+    if seg is None:
+        return indptr[r], indptr[r + 1]
+    return seg[r, b], seg[r, b + 1]
+
+
+@njit(inline="always")
+def _n_blocks(seg):
+    """The number of column blocks: 1 without ``seg``."""
+    if seg is None:
+        return 1
+    return seg.shape[1] - 1
+
+
+@njit(inline="always")
 def _spmm_block(indptr, indices, data, perm, bias, order, x, out, r0, r1, b0, W):
     """out[r, b0:b0+W] = sum_k w_k x[c_k, b0:b0+W] (+ bias[r]) for rows r0 <= r < r1; W a literal.
 
@@ -306,9 +323,31 @@ _BLOCK_KERNELS = {(128, 0): _spmm_128, (96, 0): _spmm_96, (64, 0): _spmm_64, (48
 
 
 SPMM_VECTOR_MAX_X = 2 << 20  # bytes of x up to which spmm takes the explicit-vector kernels
+COL_BLOCK_X = 512 << 10  # bytes of x's rows per column block: half of a core's L2 (1 MB) ...
+COL_BLOCK_FROM_X = 1 << 20  # ... for an x over the L2 (smaller ones stay there whole)
+COL_BLOCK_MIN = 16  # entries per row and block, on average, below which blocks cost more than they save
 
 
-def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None):
+def column_blocks(n_rows: int, nnz: int, x) -> int:
+    """How many column blocks :func:`spmm` and :func:`sddmm` should cut the rows of a CSR matrix
+    (``n_rows`` rows, ``nnz`` entries) into, for the operand ``x``: 1 (none) unless the float32
+    vector kernels run and ``x`` is over a core's L2 (:data:`COL_BLOCK_FROM_X`); then enough
+    blocks for each block's rows of ``x`` to take :data:`COL_BLOCK_X`, but no more than leave
+    :data:`COL_BLOCK_MIN` entries per row and block on average: each block's pass re-reads (spmm:
+    reads and writes) its output rows, so blocks pay where rows are long. Measured on 2 threads
+    (docs/kernels.md, "Column blocks"): 4096x4096 at batch 128, density 0.1 (4 blocks) 1.1-1.4x,
+    density 0.01 (2 blocks) 1.1-1.2x; a 4,096-wide RadiX layer of fan-in 32 at batch 100 (2
+    blocks) 1.2-1.4x; none of these layers beyond 8,192 neurons (too few entries per block)."""
+    if not (x.dtype == np.float32 and x.ndim == 2 and 16 <= x.shape[1] <= 143 and x.flags.c_contiguous):
+        return 1
+    if x.nbytes <= COL_BLOCK_FROM_X:
+        return 1
+    n = min(-(-x.nbytes // COL_BLOCK_X), nnz // (COL_BLOCK_MIN * max(n_rows, 1)))
+    return n if n >= 2 else 1
+
+
+
+def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None, seg=None):
     """out = W @ x (+ bias[:, None]) for CSR ``W``.
 
     indptr[n_out+1], indices[nnz], data[nnz]: CSR of W (n_out, n_in); perm[nnz] (optional): the
@@ -338,68 +377,97 @@ def spmm(indptr, indices, data, x, out, bounds, perm=None, bias=None, order=None
     1.3-1.6x at 65,536 and 262,144; at batch 50 on one thread, a rank's share on 2 MPI ranks,
     the vectors 1.1x faster with x at 1.6 MB, the blocks 1.1x faster at 3.1 MB and 1.3-1.5x at
     12.5 MB), for a reason not found, so they keep the blocks.
+
+    seg[n_out, n_blocks+1] (optional, float32 vector kernels only): the rows' entries cut by
+    column blocks (:func:`sparsenn.csr.column_segments`; :func:`column_blocks` says when): the
+    rows are computed once per block, so only that block's rows of ``x`` are read while it
+    runs, from L2 instead of L3 (docs/kernels.md, "Column blocks").
     """
     batch = x.shape[1]
-    if (x.dtype == np.float32 and data.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
-            and x.nbytes <= SPMM_VECTOR_MAX_X and x.flags.c_contiguous and out.flags.c_contiguous):
-        _SPMM_KERNELS[batch // 16](indptr, indices, data, x, out, bounds, perm, bias, order)
+    vector = (x.dtype == np.float32 and data.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
+              and x.flags.c_contiguous and out.flags.c_contiguous)
+    if vector and (x.nbytes <= SPMM_VECTOR_MAX_X or seg is not None):
+        _SPMM_KERNELS[batch // 16](indptr, indices, data, x, out, bounds, perm, bias, order, seg)
         return
     for b0, w, c0, v in _blocks_of(batch):
         _BLOCK_KERNELS[w, v](indptr, indices, data, x, out, bounds, b0, c0, perm, bias, order)
 
 
 @njit(inline="always")
-def _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, r0, r1, NV):
+def _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, r0, r1, NV, seg):
     """out[r] = sum_k w_k x[c_k] (+ bias[r]) for the rows r0 <= i < r1 of the order, float32,
     batch = 16 NV + a tail of 0-15 columns (NV a compile-time constant, 1 to 8): NV vector
     accumulators, and one more for the last 16 columns when there is a tail. That one overlaps
     the last whole vector; the overlapping lanes hold the same sums in the same order, so
     storing both is safe.
-    Per nonzero: one broadcast weight, one FMA per accumulator with its slice of ``x[c_k]``."""
+    Per nonzero: one broadcast weight, one FMA per accumulator with its slice of ``x[c_k]``.
+    With ``seg`` (column blocks, :func:`spmm`), the rows are computed once per block of
+    columns, each pass adding its block's sums to the output row."""
     batch = x.shape[1]
     tb = batch - 16
     tail = batch - 16 * NV
-    for i in range(r0, r1):
-        r = _row(order, i)
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = at = vbroadcast(np.float32(_bias(bias, r, x[0, 0])))
-        for k in range(indptr[r], indptr[r + 1]):
-            xr = x[indices[k]]
-            w = vbroadcast(_weight(data, perm, k))
-            a0 = vfma(vload(xr, 0), w, a0)  # NV >= 1; the tests below are constants per kernel
-            if NV > 1:
-                a1 = vfma(vload(xr, 16), w, a1)
-            if NV > 2:
-                a2 = vfma(vload(xr, 32), w, a2)
-            if NV > 3:
-                a3 = vfma(vload(xr, 48), w, a3)
-            if NV > 4:
-                a4 = vfma(vload(xr, 64), w, a4)
-            if NV > 5:
-                a5 = vfma(vload(xr, 80), w, a5)
-            if NV > 6:
-                a6 = vfma(vload(xr, 96), w, a6)
-            if NV > 7:
-                a7 = vfma(vload(xr, 112), w, a7)
+    for b in range(_n_blocks(seg)):
+        for i in range(r0, r1):
+            r = _row(order, i)
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = at = vbroadcast(
+                np.float32(_bias(bias, r, x[0, 0]) if b == 0 else 0.0))
+            k0, k1 = _entries(indptr, seg, r, b)
+            for k in range(k0, k1):
+                xr = x[indices[k]]
+                w = vbroadcast(_weight(data, perm, k))
+                a0 = vfma(vload(xr, 0), w, a0)  # NV >= 1; the tests below are constants per kernel
+                if NV > 1:
+                    a1 = vfma(vload(xr, 16), w, a1)
+                if NV > 2:
+                    a2 = vfma(vload(xr, 32), w, a2)
+                if NV > 3:
+                    a3 = vfma(vload(xr, 48), w, a3)
+                if NV > 4:
+                    a4 = vfma(vload(xr, 64), w, a4)
+                if NV > 5:
+                    a5 = vfma(vload(xr, 80), w, a5)
+                if NV > 6:
+                    a6 = vfma(vload(xr, 96), w, a6)
+                if NV > 7:
+                    a7 = vfma(vload(xr, 112), w, a7)
+                if tail > 0:
+                    at = vfma(vload(xr, tb), w, at)
+            y = out[r]
+            if b > 0:  # (only with column blocks) add to what the blocks before wrote
+                a0 = vadd(a0, vload(y, 0))
+                if NV > 1:
+                    a1 = vadd(a1, vload(y, 16))
+                if NV > 2:
+                    a2 = vadd(a2, vload(y, 32))
+                if NV > 3:
+                    a3 = vadd(a3, vload(y, 48))
+                if NV > 4:
+                    a4 = vadd(a4, vload(y, 64))
+                if NV > 5:
+                    a5 = vadd(a5, vload(y, 80))
+                if NV > 6:
+                    a6 = vadd(a6, vload(y, 96))
+                if NV > 7:
+                    a7 = vadd(a7, vload(y, 112))
+                if tail > 0:
+                    at = vadd(at, vload(y, tb))
             if tail > 0:
-                at = vfma(vload(xr, tb), w, at)
-        y = out[r]
-        if tail > 0:
-            vstore(y, tb, at)
-        vstore(y, 0, a0)
-        if NV > 1:
-            vstore(y, 16, a1)
-        if NV > 2:
-            vstore(y, 32, a2)
-        if NV > 3:
-            vstore(y, 48, a3)
-        if NV > 4:
-            vstore(y, 64, a4)
-        if NV > 5:
-            vstore(y, 80, a5)
-        if NV > 6:
-            vstore(y, 96, a6)
-        if NV > 7:
-            vstore(y, 112, a7)
+                vstore(y, tb, at)
+            vstore(y, 0, a0)
+            if NV > 1:
+                vstore(y, 16, a1)
+            if NV > 2:
+                vstore(y, 32, a2)
+            if NV > 3:
+                vstore(y, 48, a3)
+            if NV > 4:
+                vstore(y, 64, a4)
+            if NV > 5:
+                vstore(y, 80, a5)
+            if NV > 6:
+                vstore(y, 96, a6)
+            if NV > 7:
+                vstore(y, 112, a7)
 
 
 @functools.lru_cache(maxsize=64)
@@ -415,9 +483,9 @@ def _spmm_vector_kernel(NV):
     kernel apart."""
 
     @njit(**_JIT)
-    def kernel(indptr, indices, data, x, out, bounds, perm, bias, order):
+    def kernel(indptr, indices, data, x, out, bounds, perm, bias, order, seg):
         for p in prange(len(bounds) - 1):
-            _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], NV)
+            _spmm_rows16(indptr, indices, data, perm, bias, order, x, out, bounds[p], bounds[p + 1], NV, seg)
 
     return kernel
 
@@ -547,38 +615,40 @@ def _dot16(xr, g, NV, gt):
 
 
 @njit(inline="always")
-def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV, G):
+def _sddmm_rows(indptr, indices, dy, x, out, r0, r1, order, NV, G, seg):
     """out[k] = dot(dy[r], x[c_k]) for the rows r0 <= i < r1 of the order; float32, batch =
     16 NV + 0-15 columns (NV a compile-time constant, 1 to 8). G (a constant, 8 or 4): the
-    entries taken together, eight with one tree of horizontal sums or four with one each."""
+    entries taken together, eight with one tree of horizontal sums or four with one each.
+    With ``seg`` (column blocks), one pass over the rows per block of columns."""
     batch = x.shape[1]
     tail = batch - 16 * NV
-    for i in range(r0, r1):
-        r = _row(order, i)
-        g = dy[r]
-        gt = vmask_tail(vload(g, batch - 16), tail)
-        k, end = indptr[r], indptr[r + 1]
-        while G == 8 and k + 8 <= end:  # eight entries: eight independent chains of FMAs, one tree of sums
-            a0 = _dot16(x[indices[k]], g, NV, gt)
-            a1 = _dot16(x[indices[k + 1]], g, NV, gt)
-            a2 = _dot16(x[indices[k + 2]], g, NV, gt)
-            a3 = _dot16(x[indices[k + 3]], g, NV, gt)
-            a4 = _dot16(x[indices[k + 4]], g, NV, gt)
-            a5 = _dot16(x[indices[k + 5]], g, NV, gt)
-            a6 = _dot16(x[indices[k + 6]], g, NV, gt)
-            a7 = _dot16(x[indices[k + 7]], g, NV, gt)
-            hsum8_store(a0, a1, a2, a3, a4, a5, a6, a7, out, k)
-            k += 8
-        while k + 4 <= end:  # (G = 4) four entries, four rows of x in flight
-            a0 = _dot16(x[indices[k]], g, NV, gt)
-            a1 = _dot16(x[indices[k + 1]], g, NV, gt)
-            a2 = _dot16(x[indices[k + 2]], g, NV, gt)
-            a3 = _dot16(x[indices[k + 3]], g, NV, gt)
-            out[k], out[k + 1], out[k + 2], out[k + 3] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
-            k += 4
-        while k < end:
-            out[k] = hsum(_dot16(x[indices[k]], g, NV, gt))
-            k += 1
+    for blk in range(_n_blocks(seg)):
+        for i in range(r0, r1):
+            r = _row(order, i)
+            g = dy[r]
+            gt = vmask_tail(vload(g, batch - 16), tail)
+            k, end = _entries(indptr, seg, r, blk)
+            while G == 8 and k + 8 <= end:  # eight entries: eight independent chains of FMAs, one tree of sums
+                a0 = _dot16(x[indices[k]], g, NV, gt)
+                a1 = _dot16(x[indices[k + 1]], g, NV, gt)
+                a2 = _dot16(x[indices[k + 2]], g, NV, gt)
+                a3 = _dot16(x[indices[k + 3]], g, NV, gt)
+                a4 = _dot16(x[indices[k + 4]], g, NV, gt)
+                a5 = _dot16(x[indices[k + 5]], g, NV, gt)
+                a6 = _dot16(x[indices[k + 6]], g, NV, gt)
+                a7 = _dot16(x[indices[k + 7]], g, NV, gt)
+                hsum8_store(a0, a1, a2, a3, a4, a5, a6, a7, out, k)
+                k += 8
+            while k + 4 <= end:  # (G = 4) four entries, four rows of x in flight
+                a0 = _dot16(x[indices[k]], g, NV, gt)
+                a1 = _dot16(x[indices[k + 1]], g, NV, gt)
+                a2 = _dot16(x[indices[k + 2]], g, NV, gt)
+                a3 = _dot16(x[indices[k + 3]], g, NV, gt)
+                out[k], out[k + 1], out[k + 2], out[k + 3] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+                k += 4
+            while k < end:
+                out[k] = hsum(_dot16(x[indices[k]], g, NV, gt))
+                k += 1
 
 
 def _sddmm_vector_kernel(NV, G=8):
@@ -586,9 +656,9 @@ def _sddmm_vector_kernel(NV, G=8):
     :func:`_spmm_vector_kernel`."""
 
     @njit(**_JIT)
-    def kernel(indptr, indices, dy, x, out, bounds, order):
+    def kernel(indptr, indices, dy, x, out, bounds, order, seg):
         for p in prange(len(bounds) - 1):
-            _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, NV, G)
+            _sddmm_rows(indptr, indices, dy, x, out, bounds[p], bounds[p + 1], order, NV, G, seg)
 
     return kernel
 
@@ -598,7 +668,7 @@ _SDDMM_KERNELS4 = (None,) + tuple(_sddmm_vector_kernel(nv, 4) for nv in range(1,
 SDDMM_GROUP8_MAX_X = 2 << 20  # bytes of x beyond which ordered (RadiX) layers take four entries at a time
 
 
-def sddmm(indptr, indices, dy, x, out, bounds, order=None):
+def sddmm(indptr, indices, dy, x, out, bounds, order=None, seg=None):
     """out[k] = dot(dy[r], x[indices[k]]) for every stored entry k of row r.
 
     This is ``(dy @ x.T)`` sampled at the pattern of W: the gradient of ``y = W x`` with
@@ -632,12 +702,15 @@ def sddmm(indptr, indices, dy, x, out, bounds, order=None):
     GFLOP/s). Not elsewhere: in cache the eight-entry tree was 1.05-1.12x faster, on random
     layers (no order) 1.05-1.2x, and at batch 50 (2 MPI ranks' share) it was 1.15-1.25x faster
     at 131,072-262,144 neurons and within the noise below.
+
+    seg (optional, the vector kernels only): column blocks, as for :func:`spmm`; each entry is
+    in one block, so the blocks only change the order the entries are computed in.
     """
     batch = x.shape[1]
     if (x.dtype == np.float32 and dy.dtype == np.float32 and out.dtype == np.float32 and 16 <= batch <= 143
             and x.flags.c_contiguous and dy.flags.c_contiguous):
-        four = order is not None and batch >= 64 and x.nbytes > SDDMM_GROUP8_MAX_X
-        (_SDDMM_KERNELS4 if four else _SDDMM_KERNELS)[batch // 16](indptr, indices, dy, x, out, bounds, order)
+        four = order is not None and batch >= 64 and x.nbytes > SDDMM_GROUP8_MAX_X and seg is None
+        (_SDDMM_KERNELS4 if four else _SDDMM_KERNELS)[batch // 16](indptr, indices, dy, x, out, bounds, order, seg)
     else:
         sddmm_any(indptr, indices, dy, x, out, bounds, order)
 

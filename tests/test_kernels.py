@@ -154,7 +154,7 @@ def test_the_vector_sddmm_covers_every_batch_tail_and_row_length(rng, batch):
                 bounds = balanced_row_splits(_ordered_indptr(p.indptr, order), n_parts)
             for table in (_SDDMM_KERNELS, _SDDMM_KERNELS4):
                 g = np.full(p.nnz, np.nan, np.float32)
-                table[batch // 16](p.indptr, p.indices, dy, x, g, bounds, order)
+                table[batch // 16](p.indptr, p.indices, dy, x, g, bounds, order, None)
                 np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
             g2 = np.full(p.nnz, np.nan, np.float32)
             sddmm_any(p.indptr, p.indices, dy, x, g2, bounds, order)
@@ -371,3 +371,81 @@ def test_vector_kernels_step_aside_for_arrays_that_are_not_c_contiguous(rng):
     g = np.full(p.nnz, np.nan, np.float32)
     sddmm(p.indptr, p.indices, dy, x, g, bounds)
     np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, x), rtol=1e-5, atol=1e-5)
+
+
+def test_column_segments_cut_each_row_at_the_block_edges(rng):
+    from sparsenn.csr import column_segments
+
+    p = CSRPattern.from_mask(random_mask(rng, 20, 37, 0.3))
+    for n_blocks in (1, 2, 3, 5, 37, 50):
+        seg = column_segments(p.indptr, p.indices, 37, n_blocks)
+        width = -(-37 // n_blocks)
+        assert seg.shape == (20, n_blocks + 1)
+        np.testing.assert_array_equal(seg[:, 0], p.indptr[:-1])
+        np.testing.assert_array_equal(seg[:, -1], p.indptr[1:])
+        for r in range(20):
+            for b in range(n_blocks):
+                cols = p.indices[seg[r, b]:seg[r, b + 1]]
+                assert np.all((cols >= b * width) & (cols < (b + 1) * width))
+    assert p.segments(3) is p.segments(3)  # computed once
+    np.testing.assert_array_equal(p.segments(3, transpose=True), column_segments(p.t_indptr, p.t_rows, 20, 3))
+
+
+@pytest.mark.parametrize("batch", [16, 50, 100, 128, 143])
+def test_column_blocks_give_the_same_products(rng, batch):
+    """spmm (with bias, with perm: W^T) and sddmm through column blocks equal their twins, on
+    rows with no entries, with entries in one block only, and with blocks that hold none."""
+    from sparsenn.csr import _ordered_indptr
+
+    mask = random_mask(rng, 40, 90, 0.25)
+    mask[3] = False  # an empty row
+    mask[5] = False
+    mask[5, 7] = True  # one entry, in the first block
+    mask[:, 60:75] = False  # a block of columns with no entries at all
+    p = CSRPattern.from_mask(mask)
+    data = rng.standard_normal(p.nnz).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    x = rng.standard_normal((90, batch)).astype(np.float32)
+    dy = rng.standard_normal((40, batch)).astype(np.float32)
+    want = spmm_ref(p.indptr, p.indices, data, x) + bias[:, None]
+    want_t = spmm_ref(p.t_indptr, p.t_rows, data, dy, perm=p.t_perm)
+    want_g = sddmm_ref(p.indptr, p.indices, dy.astype(np.float64), x.astype(np.float64))
+    for n_blocks in (2, 3, 6):
+        for order in (None, rng.permutation(40).astype(np.int64)):
+            bounds = balanced_row_splits(p.indptr if order is None else _ordered_indptr(p.indptr, order), 2)
+            out = np.full((40, batch), np.nan, np.float32)
+            spmm(p.indptr, p.indices, data, x, out, bounds, None, bias, order, p.segments(n_blocks))
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+            g = np.full(p.nnz, np.nan, np.float32)
+            sddmm(p.indptr, p.indices, dy, x, g, bounds, order, p.segments(n_blocks))
+            np.testing.assert_allclose(g, want_g, rtol=1e-5, atol=1e-5)
+        out_t = np.full((90, batch), np.nan, np.float32)
+        spmm(p.t_indptr, p.t_rows, data, dy, out_t, balanced_row_splits(p.t_indptr, 2), p.t_perm, None, None,
+             p.segments(n_blocks, transpose=True))
+        np.testing.assert_allclose(out_t, want_t, rtol=1e-5, atol=1e-5)
+
+
+def test_the_layer_takes_column_blocks_where_rows_are_long_and_x_is_beyond_l2(rng):
+    from sparsenn.kernels import COL_BLOCK_X, column_blocks
+
+    x = np.zeros((4096, 128), np.float32)  # 2 MB: four blocks of 512 KB
+    assert x.nbytes == 4 * COL_BLOCK_X
+    assert column_blocks(4096, 1_677_722, x) == 4  # 4096x4096 at density 0.1
+    assert column_blocks(4096, 167_772, x) == 2  # at 0.01: 41 entries a row, 20 per block in 2, 10 in 4
+    assert column_blocks(4096, 4096 * 31, x) == 1  # under 32 a row: under 16 per block
+    assert column_blocks(4096, 4096 * 32, np.zeros((4096, 100), np.float32)) == 2  # RadiX 4,096, batch 100
+    assert column_blocks(4096, 4096 * 32, np.zeros((4096, 50), np.float32)) == 1  # batch 50: x in L2 (800 KB)
+    assert column_blocks(300, 23_520, np.zeros((784, 100), np.float32)) == 1  # LeNet's fc1: x in L2
+    assert column_blocks(4096, 167_772, x.astype(np.float64)) == 1  # the vector kernels are float32
+    assert column_blocks(4096, 167_772, np.zeros((4096, 256), np.float32)) == 1  # and up to 143 columns
+    # and the backend passes them: same products as without
+    from sparsenn import backend_cpu
+
+    p = CSRPattern.from_mask(sp.random(64, 4096, density=0.3, random_state=1, format="csr") != 0)
+    data = rng.standard_normal(p.nnz).astype(np.float32)
+    xb = rng.standard_normal((4096, 128)).astype(np.float32)
+    assert column_blocks(64, p.nnz, xb) == 4
+    out = np.empty((64, 128), np.float32)
+    backend_cpu.spmm(p, data, xb, out)
+    assert ("segments", 4, False) in p.cache  # the backend took the blocks
+    np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, xb), rtol=1e-4, atol=1e-4)

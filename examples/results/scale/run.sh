@@ -7,16 +7,17 @@ MPIEXEC="$(dirname "$(python -c 'import sys; print(sys.executable)')")/mpiexec"
 # 1. the study: every width 1 epoch, the two 262,144-wide models timed over 60 steps (extrapolated)
 python examples/scale.py --lr 0.1 --epochs 1 --steps 60 --steps-from 20000000 \
     --json $OUT/study.json --plot $OUT/study.png > $OUT/study.log 2>&1
-# 2. issue #15: the 65,536-wide model on 1 rank x 2 threads, then 2 ranks x 1 thread
-python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --steps 100 --no-torch \
+# 2. issue #15: the 65,536-wide model on 1 rank x 2 threads, then 2 ranks x 1 thread, one full
+#    epoch each (timed steps would charge the first steps' page faults and warm-up to the epoch)
+python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
     --json $OUT/mpi_1rank.json > $OUT/mpi_1rank.log 2>&1
-"$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --steps 100 \
-    --no-torch --json $OUT/mpi_2ranks.json > $OUT/mpi_2ranks.log 2>&1
+"$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 \
+    --no-torch --no-progress --json $OUT/mpi_2ranks.json > $OUT/mpi_2ranks.log 2>&1
 #    and the model with 65,536 hidden neurons (4 x 16,384), the other reading of the issue's "65,536-neuron model"
-python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --steps 300 --no-torch \
+python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
     --json $OUT/mpi16k_1rank.json > $OUT/mpi16k_1rank.log 2>&1
-"$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --steps 300 \
-    --no-torch --json $OUT/mpi16k_2ranks.json > $OUT/mpi16k_2ranks.log 2>&1
+"$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
+    --no-torch --no-progress --json $OUT/mpi16k_2ranks.json > $OUT/mpi16k_2ranks.log 2>&1
 #    where a step of the 65,536-wide model goes, on 1 rank x 2 threads, then 2 ranks x 1 thread
 (python examples/profile_step.py --width 65536
  "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile.log 2>&1
