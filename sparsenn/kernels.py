@@ -324,26 +324,29 @@ _BLOCK_KERNELS = {(128, 0): _spmm_128, (96, 0): _spmm_96, (64, 0): _spmm_64, (48
 
 SPMM_VECTOR_MAX_X = 2 << 20  # bytes of x up to which spmm takes the explicit-vector kernels
 COL_BLOCK_X = 512 << 10  # bytes of x's rows per column block: half of a core's L2 (1 MB) ...
-COL_BLOCK_FROM_X = 1 << 20  # ... for an x over the L2 (smaller ones stay there whole)
+COL_BLOCK_L2 = 1 << 20  # ... and at most all of it (a core's L2)
 COL_BLOCK_MIN = 16  # entries per row and block, on average, below which blocks cost more than they save
 
 
 def column_blocks(n_rows: int, nnz: int, x) -> int:
     """How many column blocks :func:`spmm` and :func:`sddmm` should cut the rows of a CSR matrix
     (``n_rows`` rows, ``nnz`` entries) into, for the operand ``x``: 1 (none) unless the float32
-    vector kernels run and ``x`` is over a core's L2 (:data:`COL_BLOCK_FROM_X`); then enough
-    blocks for each block's rows of ``x`` to take :data:`COL_BLOCK_X`, but no more than leave
-    :data:`COL_BLOCK_MIN` entries per row and block on average: each block's pass re-reads (spmm:
-    reads and writes) its output rows, so blocks pay where rows are long. Measured on 2 threads
-    (docs/kernels.md, "Column blocks"): 4096x4096 at batch 128, density 0.1 (4 blocks) 1.1-1.4x,
-    density 0.01 (2 blocks) 1.1-1.2x; a 4,096-wide RadiX layer of fan-in 32 at batch 100 (2
-    blocks) 1.2-1.4x; none of these layers beyond 8,192 neurons (too few entries per block)."""
+    vector kernels run, ``x`` is over a core's L2 (:data:`COL_BLOCK_L2`), and the rows are long
+    enough to be cut into blocks whose rows of ``x`` fit in it while keeping
+    :data:`COL_BLOCK_MIN` entries per row and block on average (each block's pass re-reads, and
+    for spmm re-writes, its output rows, so blocks pay where rows are long). Then as many blocks
+    as give :data:`COL_BLOCK_X` each, within that limit. Measured on 2 threads (docs/kernels.md,
+    "Column blocks"): 4096x4096 at batch 128, density 0.1 (4 blocks) 1.1-1.4x, density 0.01 (2
+    blocks) 1.1-1.2x; a 4,096-wide RadiX layer of fan-in 32 at batch 100 (2 blocks) 1.2-1.4x.
+    Layers whose ``x`` would need blocks of fewer entries than that (fan-in 32 beyond 8,192
+    neurons at batch 50-100) keep none: there the register blocks are faster."""
     if not (x.dtype == np.float32 and x.ndim == 2 and 16 <= x.shape[1] <= 143 and x.flags.c_contiguous):
         return 1
-    if x.nbytes <= COL_BLOCK_FROM_X:
+    fit = -(-x.nbytes // COL_BLOCK_L2)  # the fewest blocks whose rows of x fit in L2
+    most = nnz // (COL_BLOCK_MIN * max(n_rows, 1))  # the most that keep COL_BLOCK_MIN entries each
+    if fit < 2 or fit > most:
         return 1
-    n = min(-(-x.nbytes // COL_BLOCK_X), nnz // (COL_BLOCK_MIN * max(n_rows, 1)))
-    return n if n >= 2 else 1
+    return min(-(-x.nbytes // COL_BLOCK_X), most)
 
 
 

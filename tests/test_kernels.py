@@ -436,6 +436,10 @@ def test_the_layer_takes_column_blocks_where_rows_are_long_and_x_is_beyond_l2(rn
     assert column_blocks(4096, 4096 * 32, np.zeros((4096, 100), np.float32)) == 2  # RadiX 4,096, batch 100
     assert column_blocks(4096, 4096 * 32, np.zeros((4096, 50), np.float32)) == 1  # batch 50: x in L2 (800 KB)
     assert column_blocks(300, 23_520, np.zeros((784, 100), np.float32)) == 1  # LeNet's fc1: x in L2
+    # fan-in 32 beyond 8,192 neurons: blocks that fit L2 would hold under 16 entries a row
+    assert column_blocks(8192, 8192 * 32, np.zeros((8192, 100), np.float32)) == 1  # x 3.3 MB: 4 blocks needed
+    assert column_blocks(65536, 65536 * 32, np.zeros((65536, 50), np.float32)) == 1
+    assert column_blocks(262_144, 262_144 * 32, np.zeros((262_144, 100), np.float32)) == 1
     assert column_blocks(4096, 167_772, x.astype(np.float64)) == 1  # the vector kernels are float32
     assert column_blocks(4096, 167_772, np.zeros((4096, 256), np.float32)) == 1  # and up to 143 columns
     # and the backend passes them: same products as without
