@@ -27,7 +27,10 @@ The rules, each chosen so that a run does not depend on how many ranks it had:
 * **Identical steps**: every rank applies the same optimiser step to the same weights with the
   same gradients, so the weights stay equal without being sent; :meth:`DataParallel.check_same`
   compares a checksum of every rank's patterns and weights at the start and after each epoch
-  (pruning included), and stops with an error naming the ranks that differ.
+  (pruning included), and stops with an error naming the ranks that differ. On one machine,
+  without callbacks, the ranks go further and share one copy of the weights and optimiser
+  state (:meth:`DataParallel.start`): each sums and updates only its part of it
+  (``Optimizer.step(part=...)``), between two barriers.
 * **Rank 0 alone** prints, writes metrics and checkpoints; evaluation is split over the ranks
   and its counts reduced.
 * **Faults**: a rank that raises prints its error with its rank and aborts the job
