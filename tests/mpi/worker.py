@@ -14,6 +14,11 @@ from sparsenn.train import fit
 from tests.test_train import small_model, small_problem
 
 
+class Noop:
+    def on_step_end(self, step, model, optimizer):
+        pass
+
+
 class Fault:
     def __init__(self, rank, step, how):
         self.rank, self.step, self.how = rank, step, how
@@ -29,6 +34,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--fault", choices=["raise", "kill"])
     p.add_argument("--seed-by-rank", action="store_true")
+    p.add_argument("--noop-callback", action="store_true", help="a callback that does nothing (ranks keep own weights)")
     p.add_argument("--save", help="rank 0 writes the final parameters here (.npz)")
     args = p.parse_args()
 
@@ -37,6 +43,8 @@ def main():
         model = small_model(seed)
         opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
         callbacks = [Fault(1, 5, args.fault)] if args.fault else []
+        if args.noop_callback:
+            callbacks.append(Noop())
         fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=50, batch_size=50, seed=0,
             progress=False, callbacks=callbacks, parallel=distributed.DataParallel(comm, model))
         if args.save and comm.Get_rank() == 0:
