@@ -445,7 +445,7 @@ def asm_report() -> None:
 def scale_study(timing) -> int:
     """Each product on an n x n layer with in-degree SCALE_FAN_IN (a RadiX-Net layer and a random
     one), batch SCALE_BATCH; GFLOP/s and the ratio to the same kernel at the smallest size."""
-    from sparsenn import models, topology
+    from sparsenn import topology
 
     print(f"\nLayers beyond the caches: n x n, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}; useful GFLOP/s "
           f"and the ratio to the same kernel and topology at {SCALE_SIZES[0]:,} neurons")
@@ -456,9 +456,8 @@ def scale_study(timing) -> int:
         for n in SCALE_SIZES:
             rng = np.random.default_rng([SEED, n])
             if name == "radix":
-                # the scaling study's strided hidden-to-hidden RadiX layer (in-degree 32), its
-                # inputs numbered as the model numbers them (models.read_in_sequence)
-                mask = models.sparse_mlp_masks([n, n], "radix", fan_in=SCALE_FAN_IN, rng=rng)[1]
+                # a hidden-to-hidden layer of the scaling study's RadiX MLP (in-degree 32)
+                mask = topology.radix_mlp(784, [n, n], SCALE_FAN_IN, progress=False)[1]
             else:
                 mask = topology.random_fan_in(n, n, SCALE_FAN_IN, rng)
             p = CSRPattern.from_arrays(mask.indptr, mask.indices, mask.shape)

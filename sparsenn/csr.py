@@ -180,69 +180,6 @@ def _better_order(indptr, indices, col_ptr, col_rows, n_in):
     return order if gain > 0.1 else None
 
 
-def first_read_labels(indptr, indices, n_cols: int, order=None) -> np.ndarray:
-    """A new number for every column: the rank at which the rows, taken in ``order`` (default:
-    the natural order), first read it, each row's columns in their sorted order; columns no
-    row reads come last, in their old order. int64 ``(n_cols,)``, a permutation: ``new =
-    labels[old]``.
-
-    Why: activations are written by one layer and read by the next. A layer whose rows run in
-    a :func:`locality_order` reads its input rows out of their stored order (in the study's
-    strided RadiX layer at 262,144 neurons, each group of 32 rows reads 32 rows of ``x`` 3.2 MB
-    apart); numbering the inputs (the previous layer's neurons) by this function makes those
-    reads sequential, and the previous layer then writes them in sequence
-    (:func:`sparsenn.models.sparse_mlp_masks`). O(nnz) time and memory.
-
-    The plain loop it computes::
-
-        labels, nxt = [-1] * n_cols, 0
-        for r in order:
-            for c in indices[indptr[r]:indptr[r + 1]]:
-                if labels[c] < 0:
-                    labels[c], nxt = nxt, nxt + 1
-        # then the unread columns, in order, get nxt, nxt + 1, ...
-    """
-    indptr = np.asarray(indptr, dtype=np.int64)
-    n_rows = len(indptr) - 1
-    counts = np.diff(indptr)
-    position = np.arange(n_rows, dtype=np.int64)
-    if order is not None:
-        position[np.asarray(order, dtype=np.int64)] = np.arange(n_rows, dtype=np.int64)
-    width = int(counts.max()) if n_rows else 0
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
-    key = position[rows] * width + (np.arange(len(rows), dtype=np.int64) - indptr[rows])  # reading time
-    first = np.full(n_cols, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, np.asarray(indices, dtype=np.int64), key)
-    labels = np.empty(n_cols, dtype=np.int64)
-    labels[np.argsort(first, kind="stable")] = np.arange(n_cols, dtype=np.int64)
-    return labels
-
-
-def renumber(indptr, indices, shape, rows=None, cols=None) -> tuple:
-    """The CSR pattern with its rows and columns renumbered: old row ``r`` becomes row
-    ``rows[r]``, old column ``c`` column ``cols[c]`` (permutations; None keeps them). Returns
-    canonical ``(indptr, indices)``, int32, columns sorted within each row. O(nnz log(row
-    length)) time, O(nnz) memory."""
-    indptr = np.asarray(indptr)
-    indices = np.asarray(indices)
-    n_out, n_in = shape
-    if rows is not None:  # new row j holds old row old_of[j]
-        old_of = np.empty(n_out, dtype=np.int64)
-        old_of[np.asarray(rows, dtype=np.int64)] = np.arange(n_out, dtype=np.int64)
-        counts = np.diff(indptr)[old_of]
-        new_ptr = np.zeros(n_out + 1, dtype=np.int64)
-        np.cumsum(counts, out=new_ptr[1:])
-        take = np.repeat(indptr[:-1][old_of] - new_ptr[:-1], counts) + np.arange(new_ptr[-1], dtype=np.int64)
-        indptr, indices = new_ptr, indices[take]
-    if cols is not None:
-        indices = np.asarray(cols)[indices]
-    m = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices.astype(np.int32), indptr.astype(np.int32)),
-                      shape=shape)
-    m.has_sorted_indices = False
-    m.sort_indices()  # per row, in place
-    return m.indptr.astype(np.int32, copy=False), m.indices.astype(np.int32, copy=False)
-
-
 def column_segments(indptr, indices, n_cols: int, n_blocks: int) -> np.ndarray:
     """Each row's entries cut by ``n_blocks`` equal ranges of columns: int64 ``seg[n_rows,
     n_blocks+1]``, row r's entries in column block b being ``seg[r, b] <= k < seg[r, b+1]``

@@ -29,10 +29,8 @@ pattern; never floats). A mask with no connections is refused unless ``allow_emp
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from sparsenn import topology
-from sparsenn.csr import CSRPattern, first_read_labels, renumber
 from sparsenn.layers import Linear, ReLU, Sequential, SparseLinear, as_mask
 
 TOPOLOGIES = ("dense", "radix", "radix-wide", "random", "random-wide", "xnet")
@@ -318,9 +316,7 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
 #     radix              sparsenn.topology.radix_mlp: one RadiX-Net over the hidden layers, in-degree
 #                        fan_in in every hidden layer; the input layer reads the n_inputs pixels
 #                        placed evenly on a padded input, so its in-degree is about
-#                        n_inputs / (fan_in / B) (24 or 25 for 784 pixels, fan-in 32, 2^k widths);
-#                        hidden neurons numbered so that strided layers read in sequence
-#                        (read_in_sequence: the same network, renumbered)
+#                        n_inputs / (fan_in / B) (24 or 25 for 784 pixels, fan-in 32, 2^k widths)
 #     random             fan_in: every neuron of every sparse layer exactly fan_in distinct inputs,
 #                        uniform (topology.random_fan_in); density: Bernoulli at that density
 #     random-equivalent  the random equivalent of radix: every neuron keeps its RadiX in-degree,
@@ -351,7 +347,7 @@ def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=
     n_ins = [n_inputs] + list(widths[:-1])
     pairs = list(zip(widths, n_ins))  # (n_out, n_in) of each sparse layer
     if topology_name in ("radix", "random-equivalent"):
-        masks = read_in_sequence(topology.radix_mlp(n_inputs, widths, fan_in))
+        masks = topology.radix_mlp(n_inputs, widths, fan_in)
         if topology_name == "radix":
             return masks
         # replace each RadiX layer as soon as its random twin is drawn: one extra layer alive
@@ -367,42 +363,6 @@ def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=
     if topology_name == "xnet":
         return [topology.xnet(n_out, n_in, fan_in, rng) for n_out, n_in in pairs]
     return [topology.random_fan_in(n_out, n_in, fan_in, rng) for n_out, n_in in pairs]
-
-
-def read_in_sequence(masks) -> list:
-    """The same network with its hidden neurons renumbered so that each sparse layer whose rows
-    the kernels compute in a locality order (:meth:`sparsenn.csr.CSRPattern.orders`: the
-    strided RadiX layers) reads its inputs in sequence: hidden layer k's neurons are numbered
-    in the order layer k + 1 first reads them (:func:`sparsenn.csr.first_read_labels`), which
-    renumbers layer k's rows and layer k + 1's columns alike. Input pixels and the last hidden
-    layer (read by the dense logits) keep their numbers; every path, degree and path count is
-    the same, only the neurons' numbers change. Layers read in their natural order are left as
-    they are. Works from the last layer back, so each layer's order is taken on its final rows.
-
-    Why (docs/kernels.md, "Beyond the caches"): the study's strided layer at 262,144 neurons
-    computes its rows in groups of 32 that read the same 32 rows of ``x``, 3.2 MB apart; read
-    out of sequence like that, each new row of ``x`` is a DRAM access the prefetchers cannot
-    see coming. Numbered in reading order they stream. Measured on the 4 x 262,144 RadiX
-    model's three hidden-to-hidden layers (forward, ``W^T dy``, weight gradient), 2 threads,
-    batch 100: 204 -> 181-185 ms a step. O(connections) time and memory."""
-    masks = list(masks)
-    for k in range(len(masks) - 1, 0, -1):
-        m = masks[k]
-        order = CSRPattern.from_arrays(m.indptr, m.indices, m.shape).orders()[0]
-        if order is None:
-            continue
-        labels = first_read_labels(m.indptr, m.indices, m.shape[1], order)
-        masks[k] = _mask(*renumber(m.indptr, m.indices, m.shape, cols=labels), m.shape)
-        prev = masks[k - 1]
-        masks[k - 1] = _mask(*renumber(prev.indptr, prev.indices, prev.shape, rows=labels), prev.shape)
-    return masks
-
-
-def _mask(indptr, indices, shape):
-    """Boolean CSR from canonical int32 arrays."""
-    m = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=shape)
-    m.has_sorted_indices = True
-    return m
 
 
 READOUT_WIDTH = 65536  # sparse_mlp: readouts wider than this get a learning rate scaled by READOUT_WIDTH / width

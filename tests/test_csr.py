@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sparsenn.csr import (CSRPattern, balanced_row_splits, check_csr, first_read_labels, renumber,
-                          transpose_index)
+from sparsenn.csr import CSRPattern, balanced_row_splits, check_csr, transpose_index
 from sparsenn.io import load_masks, save_masks
 
 
@@ -139,46 +138,3 @@ def test_strided_layers_get_a_locality_order_and_random_ones_keep_theirs(rng):
     # empty rows go last
     q = CSRPattern.from_mask(np.array([[0, 1], [0, 0], [1, 0]], bool))
     np.testing.assert_array_equal(locality_order(q.indptr, q.indices, 2), [2, 0, 1])
-
-
-# ---- renumbering for sequential reads -------------------------------------------------------
-
-def _first_read_plain(indptr, indices, n_cols, order):
-    """The textbook loop of first_read_labels."""
-    labels, nxt = [-1] * n_cols, 0
-    for r in order:
-        for c in indices[indptr[r]:indptr[r + 1]]:
-            if labels[c] < 0:
-                labels[c], nxt = nxt, nxt + 1
-    for c in range(n_cols):
-        if labels[c] < 0:
-            labels[c], nxt = nxt, nxt + 1
-    return np.array(labels)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_first_read_labels_equals_the_plain_loop(seed):
-    rng = np.random.default_rng(seed)
-    m = sp.random(40, 70, density=0.06, format="csr", random_state=seed)  # empty rows, unread columns
-    m.sort_indices()
-    for order in (None, rng.permutation(40)):
-        got = first_read_labels(m.indptr, m.indices, 70, order)
-        want = _first_read_plain(m.indptr, m.indices, 70, range(40) if order is None else order)
-        np.testing.assert_array_equal(got, want)
-        assert sorted(got) == list(range(70))  # a permutation
-
-
-def test_renumber_moves_rows_and_columns_and_keeps_rows_sorted():
-    rng = np.random.default_rng(1)
-    m = sp.random(30, 50, density=0.1, format="csr", random_state=1)
-    m.sort_indices()
-    rows, cols = rng.permutation(30), rng.permutation(50)
-    indptr, indices = renumber(m.indptr, m.indices, (30, 50), rows=rows, cols=cols)
-    check_csr(indptr, indices, None, (30, 50))  # canonical: sorted, unique
-    want = np.zeros((30, 50), bool)
-    r, c = m.nonzero()
-    want[rows[r], cols[c]] = True
-    got = sp.csr_matrix((np.ones(len(indices), bool), indices, indptr), shape=(30, 50)).toarray()
-    np.testing.assert_array_equal(got, want)
-    same = renumber(m.indptr, m.indices, (30, 50))
-    np.testing.assert_array_equal(same[1], m.indices)

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import assume, given, settings
 
 from sparsenn import checkpoint, models, pruning
-from sparsenn.csr import CSRPattern, first_read_labels
 from sparsenn import topology as T
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.optim import SGD
@@ -404,28 +403,3 @@ def test_cli_widths_and_mlp(capsys):
     assert "4096 x 784" in out and "24..25" in out and "32 for every input/output pair" in out
     assert T.main(["widths", "--widths", "16,16,16", "--out-degrees", "3,2"]) == 2
     assert "3 does not divide N' / 1 = 16" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("widths", [[4096] * 4, [8192, 4096, 8192]])
-def test_radix_mlp_renumbered_to_read_in_sequence_is_the_same_network(widths):
-    """sparse_mlp's RadiX masks are radix_mlp's with hidden neurons renumbered: the same paths
-    from every pixel to every neuron of the last hidden layer (neither renumbered), the same
-    degrees; and every layer the kernels run in a locality order now reads its inputs in order."""
-    plain = T.radix_mlp(784, widths, 32, progress=False)
-    seq = models.sparse_mlp_masks(widths, "radix", fan_in=32, rng=np.random.default_rng(0))
-    assert any((a != b).nnz for a, b in zip(plain, seq))  # the strided layer's inputs moved
-    paths_plain, paths_seq = plain[0].astype(np.int64).toarray(), seq[0].astype(np.int64).toarray()
-    for a, b in zip(plain[1:], seq[1:]):
-        paths_plain, paths_seq = a.astype(np.int64) @ paths_plain, b.astype(np.int64) @ paths_seq
-    np.testing.assert_array_equal(paths_plain, paths_seq)
-    for a, b in zip(plain, seq):
-        assert sorted(np.diff(a.indptr)) == sorted(np.diff(b.indptr))
-        assert sorted(a.getnnz(axis=0)) == sorted(b.getnnz(axis=0))
-    ordered = 0
-    for b in seq[1:]:
-        order = CSRPattern.from_arrays(b.indptr, b.indices, b.shape).orders()[0]
-        if order is not None:
-            ordered += 1
-            np.testing.assert_array_equal(first_read_labels(b.indptr, b.indices, b.shape[1], order),
-                                          np.arange(b.shape[1]))
-    assert ordered >= 1
