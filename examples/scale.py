@@ -44,7 +44,7 @@ import numpy as np
 
 import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
 from sparsenn import cli, data, distributed, schedules
-from sparsenn.models import sparse_mlp
+from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
 from sparsenn.train import ArrayData, TrainingDiverged, fit
 
@@ -252,6 +252,9 @@ def child(cfg_json: str) -> int:
     except MemoryError:
         print(f"error: out of memory building or training width {cfg['width']}", file=sys.stderr)
         return 3
+    except ValueError as e:  # a model that cannot be built (study() checks them all first)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(rec), flush=True)
     return 0
 
@@ -371,6 +374,14 @@ def study(args, comm=None) -> int:
         f"{args.topologies}, batch {args.batch_size}, lr {args.lr} after {args.warmup} warmup steps, "
         + (f"{args.steps} timed steps from {args.steps_from:,} connections, else " if args.steps else "")
         + f"{args.epochs} epoch(s)" + (f", {comm.Get_size()} MPI ranks" if comm else ""))
+    for width in sorted(args.widths):  # every model checked before the first one trains
+        for topology in args.topologies:
+            try:
+                check_sparse_mlp([width] * args.depth, MLP_TOPOLOGY[topology], fan_in=args.fan_in)
+            except ValueError as e:
+                if rank0:
+                    print(f"scale.py: error: {topology} model of width {width:,}: {e}", file=sys.stderr)
+                return 2
     records = []
     arrays = load_arrays(base) if comm is not None else None
 

@@ -326,12 +326,12 @@ def lenet5(dataset: str = "mnist", topology: str = "dense", rng=None, masks=None
 MLP_TOPOLOGIES = ("radix", "random", "random-equivalent", "xnet")
 
 
-def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=None, rng=None,
-                     n_inputs: int = N_INPUTS) -> list:
-    """The hidden-layer masks of :func:`sparse_mlp`: ``(widths[0], n_inputs)``,
-    ``(widths[1], widths[0])``, ... as boolean CSR; see the section comment for the topologies."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+def check_sparse_mlp(widths, topology_name: str = "radix", fan_in=None, density=None,
+                     n_inputs: int = N_INPUTS) -> None:
+    """Raise the ValueError that :func:`sparse_mlp` would raise for these arguments (a RadiX
+    structure that cannot be built, a fan-in over a layer's inputs, a model over the memory
+    available: :class:`sparsenn.topology.TopologyTooLarge`), without building anything: for
+    scripts that check every model of a study before training the first."""
     if topology_name not in MLP_TOPOLOGIES:
         raise ValueError(f"unknown sparse MLP topology {topology_name!r}; choose one of {', '.join(MLP_TOPOLOGIES)}")
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) == 0:
@@ -344,6 +344,24 @@ def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=
     if fan_in is not None and (isinstance(fan_in, bool) or not isinstance(fan_in, (int, np.integer))
                                or fan_in < 1):
         raise ValueError(f"fan_in must be an integer >= 1 (the in-degree of every neuron), got {fan_in!r}")
+    if topology_name in ("radix", "random-equivalent"):
+        topology.check_radix_mlp(n_inputs, widths, fan_in)
+        return
+    n_ins = [n_inputs] + list(widths[:-1])
+    if fan_in is not None:
+        for i, (n_out, n_in) in enumerate(zip(widths, n_ins)):
+            if fan_in > n_in:
+                raise ValueError(f"fan_in = {fan_in} exceeds the {n_in} inputs of layer fc{i + 1} "
+                                 f"({n_in} -> {n_out}); use fan_in <= {min(n_ins)}")
+
+
+def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=None, rng=None,
+                     n_inputs: int = N_INPUTS) -> list:
+    """The hidden-layer masks of :func:`sparse_mlp`: ``(widths[0], n_inputs)``,
+    ``(widths[1], widths[0])``, ... as boolean CSR; see the section comment for the topologies."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    check_sparse_mlp(widths, topology_name, fan_in, density, n_inputs)
     n_ins = [n_inputs] + list(widths[:-1])
     pairs = list(zip(widths, n_ins))  # (n_out, n_in) of each sparse layer
     if topology_name in ("radix", "random-equivalent"):
@@ -356,10 +374,6 @@ def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=
         return masks
     if density is not None:
         return [topology.random_sparse(n_out, n_in, density, rng) for n_out, n_in in pairs]
-    for i, (n_out, n_in) in enumerate(pairs):
-        if fan_in > n_in:
-            raise ValueError(f"fan_in = {fan_in} exceeds the {n_in} inputs of layer fc{i + 1} "
-                             f"({n_in} -> {n_out}); use fan_in <= {min(n_ins)}")
     if topology_name == "xnet":
         return [topology.xnet(n_out, n_in, fan_in, rng) for n_out, n_in in pairs]
     return [topology.random_fan_in(n_out, n_in, fan_in, rng) for n_out, n_in in pairs]

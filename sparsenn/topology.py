@@ -593,6 +593,27 @@ def radix_mlp(n_inputs: int, widths, fan_in: int, *, progress: bool = True) -> l
     the first layer's ``(N' B_0')``-row temporaries; refused like :func:`radix_net` when that
     exceeds :func:`available_memory` (:class:`TopologyTooLarge`).
     """
+    n_prime, B, hidden, r0, b_pad, places = _radix_mlp_plan(n_inputs, widths, fan_in)
+    masks = []
+    with _progress("radix_mlp", progress, total=len(B)) as bar:
+        masks.append(_radix_input_layer(n_prime, r0, b_pad, B[0], int(n_inputs)))
+        bar.update()
+        for k, r in enumerate(hidden):
+            masks.append(_radix_layer(n_prime, r, places[k + 1], B[k], B[k + 1]))
+            bar.update()
+    return masks
+
+
+def check_radix_mlp(n_inputs: int, widths, fan_in: int) -> None:
+    """Raise the ValueError (or :class:`TopologyTooLarge`) that :func:`radix_mlp` would raise
+    for these arguments, without building anything: for scripts that check a whole study's
+    models before running the first. O(number of divisors of N') time."""
+    _radix_mlp_plan(n_inputs, widths, fan_in)
+
+
+def _radix_mlp_plan(n_inputs: int, widths, fan_in: int) -> tuple:
+    """What :func:`radix_mlp` builds, checked, before anything is allocated: ``(N', B, hidden
+    radices, r_0, padded input blocks, places)``; raises as described there."""
     n_inputs = _check_int(n_inputs, "n_inputs", 1)
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) < 2:
         raise ValueError(f"a RadiX-Net MLP needs at least two hidden widths (one RadiX layer alone "
@@ -634,14 +655,7 @@ def radix_mlp(n_inputs: int, widths, fan_in: int, *, progress: bool = True) -> l
     costs = [first_cost] + [_radix_cost(n_prime, r, B[k], B[k + 1]) for k, r in enumerate(hidden)]
     _check_fits(f"RadiX-Net MLP {n_inputs}-{'-'.join(map(str, widths))} with N' = {n_prime:,}",
                 costs, "use narrower widths or a smaller fan_in")
-    masks = []
-    with _progress("radix_mlp", progress, total=len(widths)) as bar:
-        masks.append(_radix_input_layer(n_prime, r0, b_pad, B[0], n_inputs))
-        bar.update()
-        for k, r in enumerate(hidden):
-            masks.append(_radix_layer(n_prime, r, places[k + 1], B[k], B[k + 1]))
-            bar.update()
-    return masks
+    return n_prime, B, hidden, r0, b_pad, places
 
 
 def trim(masks, widths) -> list:

@@ -95,3 +95,18 @@ def test_profile_step_times_every_phase():
     assert "radix 2 x 1,024, fan-in 32: 1 rank(s)" in out and "100 images per rank" in out
     for phase in ("forward", "backward", "exchange", "optimiser", "step"):
         assert f" {phase} " in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--widths", "1000", "--fan-in", "7"], "radix model of width 1,000: fan_in = 7 gives the hidden layers"),
+    (["--widths", "100000000", "--depth", "2", "--fan-in", "8"], "int32 CSR indices"),
+])
+def test_a_model_that_cannot_be_built_is_refused_before_any_training(argv, match):
+    """Every model of the study is checked first: a clear error and exit status 2, no traceback,
+    and no run started (no progress bar, no table)."""
+    proc = subprocess.run([sys.executable, SCRIPT, "--no-torch", "--no-progress", *argv],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "scale.py: error: " in proc.stderr and match in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "s/epoch" not in proc.stdout

@@ -392,6 +392,31 @@ def test_sparse_mlp_errors(kwargs, exc, match):
     kwargs.setdefault("rng", np.random.default_rng(0))
     with pytest.raises(exc, match=match):
         models.sparse_mlp([1024, 1024], **kwargs)
+    if exc is ValueError:  # the check alone raises the same, building nothing
+        check = {k: v for k, v in kwargs.items() if k in ("fan_in", "density")}
+        with pytest.raises(ValueError, match=match):
+            models.check_sparse_mlp([1024, 1024], kwargs["topology"], **check)
+
+
+@pytest.mark.parametrize("widths, fan_in, match", [
+    ([1000, 1000], 7, "no first-layer radix r_0"),
+    ([3 * 2**10, 2**11], 32, r"not a multiple of B\[0\]"),
+    ([10**8] * 2, 32, "int32 CSR indices"),
+])
+def test_check_sparse_mlp_refuses_what_radix_mlp_refuses_without_building(widths, fan_in, match):
+    tracemalloc.start()
+    try:
+        for name in ("radix", "random-equivalent"):
+            with pytest.raises(ValueError, match=match):
+                models.check_sparse_mlp(widths, name, fan_in=fan_in)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 << 20  # nothing built
+    with pytest.raises(ValueError, match=match):
+        T.radix_mlp(784, widths, fan_in, progress=False)
+    models.check_sparse_mlp([4096] * 4, "radix", fan_in=32)  # the study's models pass
+    models.check_sparse_mlp([2**18] * 4, "random-equivalent", fan_in=32)
 
 
 def test_cli_widths_and_mlp(capsys):
