@@ -118,9 +118,10 @@ def time_torch(arrays, epochs, batch, masked, device="cpu", seed=0):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--topologies", nargs="*", default=["dense", "radix", "random", "radix-wide"])
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per topology (median reported)")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--topologies", nargs="+", choices=["dense", "radix", "random", "radix-wide"],
+                   default=["dense", "radix", "random", "radix-wide"])
+    p.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per topology (median reported)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=100)
     p.add_argument("--data-dir")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",

@@ -27,7 +27,7 @@ import numpy as np
 import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
 from sparsenn import cli, distributed
 from sparsenn.loss import SoftmaxCrossEntropy
-from sparsenn.models import sparse_mlp
+from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
 
 PHASES = ("forward", "backward", "exchange", "optimiser", "step")
@@ -41,7 +41,17 @@ def parse_args(argv=None):
     p.add_argument("--topology", choices=["radix", "random"], default="radix")
     p.add_argument("--batch-size", type=cli.positive_int, default=100, help="the global batch")
     p.add_argument("--steps", type=cli.positive_int, default=20, help="timed steps (after 3 warm-up steps)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:  # a model that cannot be built: one line, before anything is allocated
+        check_sparse_mlp([args.width] * args.depth, _topology(args), fan_in=args.fan_in)
+    except ValueError as e:
+        p.error(f"--width {args.width} --depth {args.depth} --fan-in {args.fan_in}: {e}")
+    return args
+
+
+def _topology(args) -> str:
+    """The sparse_mlp topology: the RadiX-Net, or its random equivalent (the same connections)."""
+    return "radix" if args.topology == "radix" else "random-equivalent"
 
 
 def main(argv=None, comm=None) -> int:
@@ -52,8 +62,8 @@ def main(argv=None, comm=None) -> int:
         import numba
 
         threads = numba.get_num_threads()
-    model = sparse_mlp([args.width] * args.depth, topology=args.topology if args.topology == "radix"
-                       else "random-equivalent", fan_in=args.fan_in, rng=np.random.default_rng(0))
+    model = sparse_mlp([args.width] * args.depth, topology=_topology(args), fan_in=args.fan_in,
+                       rng=np.random.default_rng(0))
     parallel = distributed.DataParallel(comm, model) if comm is not None else None
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     if parallel is not None:

@@ -154,3 +154,14 @@ def test_divergence_names_the_last_checkpoint_written_before_it(tmp_path):
     assert proc.returncode == 1
     assert f"the last checkpoint written before it is {tmp_path / 'c.npz'}" in proc.stderr
     assert "resume from it with a lower learning rate" in proc.stderr
+
+
+@pytest.mark.parametrize("script, args, match", [
+    ("profile_step.py", ["--width", "1000", "--fan-in", "7"], "no first-layer radix r_0"),
+    ("profile_step.py", ["--width", "100000000", "--depth", "2", "--fan-in", "8"], "int32 CSR indices"),
+    ("bench_train.py", ["--epochs", "0"], "--epochs: must be a positive integer"),
+    ("bench_train.py", ["--topologies", "lenet"], "invalid choice: 'lenet'"),
+])
+def test_benchmark_scripts_refuse_bad_arguments_in_one_line(script, args, match):
+    proc = no_traceback(run(script, *args, timeout=120))
+    assert proc.returncode == 2 and match in proc.stderr, proc.stderr
