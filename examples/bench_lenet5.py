@@ -46,14 +46,16 @@ def parse_args(argv=None):
     p.add_argument("--topologies", nargs="+", default=["dense", "random"], choices=["dense", "random"])
     p.add_argument("--density", type=float, default=0.1, help="conv2 and fc1 density for 'random'")
     p.add_argument("--variant", choices=["tf", "caffe"], default="tf")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--steps", type=int, default=30, help="timed warm steps per topology (quick mode)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, buffers)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=100)
+    p.add_argument("--steps", type=cli.positive_int, default=30, help="timed warm steps per topology (quick mode)")
+    p.add_argument("--warmup", type=cli.nonneg_int, default=5, help="untimed steps first (compilation, buffers)")
     p.add_argument("--full", action="store_true", help="also time one real epoch of real MNIST with fit")
     p.add_argument("--data-dir", help="where MNIST lives for --full (default: $SPARSENN_DATA, then data/, ...)")
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "lenet5_bench.json"))
     p.add_argument("--seed", type=cli.nonneg_int, default=0)
     args = p.parse_args(argv)
+    if not 0 < args.density < 1:
+        p.error(f"--density must be in (0, 1) (a density of 1 is the dense topology), got {args.density}")
     cli.check_output_paths(args, files=("json",), parser=p)
     return args
 

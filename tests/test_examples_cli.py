@@ -161,6 +161,8 @@ def test_divergence_names_the_last_checkpoint_written_before_it(tmp_path):
     ("profile_step.py", ["--width", "100000000", "--depth", "2", "--fan-in", "8"], "int32 CSR indices"),
     ("bench_train.py", ["--epochs", "0"], "--epochs: must be a positive integer"),
     ("bench_train.py", ["--topologies", "lenet"], "invalid choice: 'lenet'"),
+    ("bench_lenet5.py", ["--batch-size", "0"], "--batch-size: must be a positive integer"),
+    ("bench_lenet5.py", ["--density", "1.5"], "--density must be in (0, 1)"),
 ])
 def test_benchmark_scripts_refuse_bad_arguments_in_one_line(script, args, match):
     proc = no_traceback(run(script, *args, timeout=120))
