@@ -106,6 +106,10 @@ def parse_args(argv=None):
         for k, v in QUICK.items():
             if getattr(args, k) in (None, DEFAULTS.get(k), p.get_default(k)):
                 setattr(args, k, v)
+    if not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    if not args.torch_max_bytes >= 0:
+        p.error(f"--torch-max-bytes must be >= 0, got {args.torch_max_bytes}")
     cli.check_output_paths(args, files=("json", "plot"), parser=p)
     return args
 

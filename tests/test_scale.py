@@ -100,9 +100,10 @@ def test_profile_step_times_every_phase():
 @pytest.mark.parametrize("argv, match", [
     (["--widths", "1000", "--fan-in", "7"], "radix model of width 1,000: fan_in = 7 gives the hidden layers"),
     (["--widths", "100000000", "--depth", "2", "--fan-in", "8"], "int32 CSR indices"),
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
 ])
-def test_a_model_that_cannot_be_built_is_refused_before_any_training(argv, match):
-    """Every model of the study is checked first: a clear error and exit status 2, no traceback,
+def test_bad_settings_and_unbuildable_models_are_refused_before_any_training(argv, match):
+    """Settings, and every model of the study, are checked first: a clear error and exit status 2, no traceback,
     and no run started (no progress bar, no table)."""
     proc = subprocess.run([sys.executable, SCRIPT, "--no-torch", "--no-progress", *argv],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
