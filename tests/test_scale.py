@@ -103,8 +103,8 @@ def test_profile_step_times_every_phase():
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
 ])
 def test_bad_settings_and_unbuildable_models_are_refused_before_any_training(argv, match):
-    """Settings, and every model of the study, are checked first: a clear error and exit status 2, no traceback,
-    and no run started (no progress bar, no table)."""
+    """Settings, and every model of the study, are checked first: a clear error and exit
+    status 2, no traceback, and no run started (no progress bar, no table)."""
     proc = subprocess.run([sys.executable, SCRIPT, "--no-torch", "--no-progress", *argv],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
