@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import defaultdict
 
 import numpy as np
 
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--topology", choices=["radix", "random"], default="radix")
     p.add_argument("--batch-size", type=cli.positive_int, default=100, help="the global batch")
     p.add_argument("--steps", type=cli.positive_int, default=20, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--layers", action="store_true",
+                   help="also each layer's forward and backward, and each kind of kernel call summed over the "
+                        "layers (the medians, taken apart, need not add up to the phases')")
     args = p.parse_args(argv)
     try:  # a model that cannot be built: one line, before anything is allocated
         check_sparse_mlp([args.width] * args.depth, _topology(args), fan_in=args.fan_in)
@@ -74,7 +78,10 @@ def main(argv=None, comm=None) -> int:
     y = rng.integers(0, 10, local)
     loss_fn = SoftmaxCrossEntropy()
     times = {k: [] for k in PHASES}
+    parts = _time_parts(model) if args.layers else None
     for it in range(3 + args.steps):
+        if parts is not None:
+            parts.end_step(keep=it >= 3)
         if comm is not None:
             comm.Barrier()
         t0 = time.perf_counter()
@@ -99,7 +106,56 @@ def main(argv=None, comm=None) -> int:
     print(f"{args.topology} {args.depth} x {args.width:,}, fan-in {args.fan_in}: {ranks} rank(s) x {threads} "
           f"thread(s), {local} images per rank; median ms over {args.steps} steps: "
           + "  ".join(f"{k} {1e3 * np.median(v):.1f}" for k, v in times.items()), flush=True)
+    if parts is not None and (comm is None or comm.Get_rank() == 0):
+        parts.end_step(keep=True)
+        print(parts.table(), flush=True)
     return 0
+
+
+class _Parts:
+    """Wall time per key, summed within a step; the median over steps per key."""
+
+    def __init__(self):
+        self.current, self.steps = defaultdict(float), defaultdict(list)
+
+    def wrap(self, obj, method: str, key: str):
+        inner = getattr(obj, method)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            out = inner(*a, **kw)
+            self.current[key] += time.perf_counter() - t0
+            return out
+
+        setattr(obj, method, timed)
+
+    def end_step(self, keep: bool):
+        if keep:
+            for k, v in self.current.items():
+                self.steps[k].append(v)
+        self.current = defaultdict(float)
+
+    def table(self) -> str:
+        lines = ["median ms per step, each layer's forward and backward, then each kind of kernel call "
+                 "summed over the layers:"]
+        layers = sorted((k for k in self.steps if "calls:" not in k), key=lambda k: (int(k[:2]), "backward" in k))
+        calls = sorted((k for k in self.steps if "calls:" in k), key=lambda k: -np.median(self.steps[k]))
+        for k in layers + calls:
+            lines.append(f"  {k:<32} {1e3 * np.median(self.steps[k]):8.2f}")
+        return "\n".join(lines)
+
+
+def _time_parts(model) -> _Parts:
+    """Time each layer's forward and backward, and each backend call the layers make."""
+    parts = _Parts()
+    for i, layer in enumerate(model.layers):
+        parts.wrap(layer, "forward", f"{i:2d} {layer.name} forward")
+        parts.wrap(layer, "backward", f"{i:2d} {layer.name} backward")
+    ops = model.layers[0].ops  # the backend module: every layer looks its calls up there
+    for name in ("spmm", "spmm_t", "sddmm", "sum_batch", "relu", "relu_backward", "matmul", "add_bias"):
+        if hasattr(ops, name):
+            parts.wrap(ops, name, f"   calls: {name}")
+    return parts
 
 
 def run(comm=None) -> int:

@@ -97,6 +97,19 @@ def test_profile_step_times_every_phase():
         assert f" {phase} " in out
 
 
+def test_profile_step_layers_gives_every_layer_and_kernel_call():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "profile_step.py"), "--width", "1024",
+                           "--depth", "2", "--steps", "2", "--layers"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {" ".join(line.split()[:-1]): float(line.split()[-1]) for line in proc.stdout.splitlines()
+            if line.startswith("  ") and line.split()[-1].replace(".", "").isdigit()}
+    # 784 -> fc1 -> relu -> fc2 -> relu -> fc3 (dense logits): five layers, each both ways
+    for i, name in enumerate(["fc1", "relu", "fc2", "relu", "fc3"]):
+        assert f"{i} {name} forward" in rows and f"{i} {name} backward" in rows
+    for call in ("spmm", "spmm_t", "sddmm", "sum_batch", "relu", "relu_backward", "matmul"):
+        assert rows[f"calls: {call}"] > 0
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--widths", "1000", "--fan-in", "7"], "radix model of width 1,000: fan_in = 7 gives the hidden layers"),
     (["--widths", "100000000", "--depth", "2", "--fan-in", "8"], "int32 CSR indices"),

@@ -21,6 +21,8 @@ python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 -
 #    where a step of the 65,536-wide model goes, on 1 rank x 2 threads, then 2 ranks x 1 thread
 (python examples/profile_step.py --width 65536
  "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile.log 2>&1
+#    and a step of the top model, layer by layer and kernel call by kernel call
+python examples/profile_step.py --width 262144 --steps 10 --layers > $OUT/step_layers.log 2>&1
 # 3. accuracy: the top RadiX model (4 x 262,144 neurons), three full epochs
 python examples/scale.py --widths 262144 --topologies radix --epochs 3 --lr 0.1 --no-torch \
     --json $OUT/top_radix_3epochs.json > $OUT/top_radix_3epochs.log 2>&1
