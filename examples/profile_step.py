@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -30,6 +29,8 @@ from sparsenn import cli, distributed
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
+
+from bench_lenet5 import Timer  # the per-step timer of the LeNet-5 benchmark (examples/ is on sys.path)
 
 PHASES = ("forward", "backward", "exchange", "optimiser", "step")
 
@@ -80,8 +81,6 @@ def main(argv=None, comm=None) -> int:
     times = {k: [] for k in PHASES}
     parts = _time_parts(model) if args.layers else None
     for it in range(3 + args.steps):
-        if parts is not None:
-            parts.end_step(keep=it >= 3)
         if comm is not None:
             comm.Barrier()
         t0 = time.perf_counter()
@@ -100,6 +99,10 @@ def main(argv=None, comm=None) -> int:
         if it >= 3:
             for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 times[k].append(v)
+        if parts is not None and it >= 3:  # the step's totals per layer and call, warm steps only
+            parts.end_step()
+        elif parts is not None:
+            parts.current.clear()
     ranks = 1 if comm is None else comm.Get_size()
     if parallel is not None:
         print(f"exchange: {parallel.exchange()}", flush=True)
@@ -107,47 +110,24 @@ def main(argv=None, comm=None) -> int:
           f"thread(s), {local} images per rank; median ms over {args.steps} steps: "
           + "  ".join(f"{k} {1e3 * np.median(v):.1f}" for k, v in times.items()), flush=True)
     if parts is not None and (comm is None or comm.Get_rank() == 0):
-        parts.end_step(keep=True)
-        print(parts.table(), flush=True)
+        print(_parts_table(parts), flush=True)
     return 0
 
 
-class _Parts:
-    """Wall time per key, summed within a step; the median over steps per key."""
-
-    def __init__(self):
-        self.current, self.steps = defaultdict(float), defaultdict(list)
-
-    def wrap(self, obj, method: str, key: str):
-        inner = getattr(obj, method)
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            out = inner(*a, **kw)
-            self.current[key] += time.perf_counter() - t0
-            return out
-
-        setattr(obj, method, timed)
-
-    def end_step(self, keep: bool):
-        if keep:
-            for k, v in self.current.items():
-                self.steps[k].append(v)
-        self.current = defaultdict(float)
-
-    def table(self) -> str:
-        lines = ["median ms per step, each layer's forward and backward, then each kind of kernel call "
-                 "summed over the layers:"]
-        layers = sorted((k for k in self.steps if "calls:" not in k), key=lambda k: (int(k[:2]), "backward" in k))
-        calls = sorted((k for k in self.steps if "calls:" in k), key=lambda k: -np.median(self.steps[k]))
-        for k in layers + calls:
-            lines.append(f"  {k:<32} {1e3 * np.median(self.steps[k]):8.2f}")
-        return "\n".join(lines)
+def _parts_table(parts: Timer) -> str:
+    """The layers in order (forward, then backward), then the kernel calls, slowest first."""
+    lines = ["median ms per step, each layer's forward and backward, then each kind of kernel call "
+             "summed over the layers:"]
+    layers = sorted((k for k in parts.steps if "calls:" not in k), key=lambda k: (int(k[:2]), "backward" in k))
+    calls = sorted((k for k in parts.steps if "calls:" in k), key=lambda k: -parts.median_ms(k))
+    for k in layers + calls:
+        lines.append(f"  {k:<32} {parts.median_ms(k):8.2f}")
+    return "\n".join(lines)
 
 
-def _time_parts(model) -> _Parts:
+def _time_parts(model) -> Timer:
     """Time each layer's forward and backward, and each backend call the layers make."""
-    parts = _Parts()
+    parts = Timer()
     for i, layer in enumerate(model.layers):
         parts.wrap(layer, "forward", f"{i:2d} {layer.name} forward")
         parts.wrap(layer, "backward", f"{i:2d} {layer.name} backward")

@@ -46,6 +46,7 @@ import sparsenn  # noqa: F401  (configures the thread pools before any kernel ru
 from sparsenn import cli, data, distributed, schedules
 from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
+from sparsenn.topology import TopologyTooLarge
 from sparsenn.train import ArrayData, TrainingDiverged, fit
 
 DEFAULTS = dict(
@@ -256,9 +257,9 @@ def child(cfg_json: str) -> int:
     except MemoryError:
         print(f"error: out of memory building or training width {cfg['width']}", file=sys.stderr)
         return 3
-    except ValueError as e:  # a model that cannot be built (study() checks them all first)
+    except TopologyTooLarge as e:  # study() checked every model; the memory free may have changed since
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 3
     print(json.dumps(rec), flush=True)
     return 0
 

@@ -332,6 +332,14 @@ def check_sparse_mlp(widths, topology_name: str = "radix", fan_in=None, density=
     structure that cannot be built, a fan-in over a layer's inputs, a model over the memory
     available: :class:`sparsenn.topology.TopologyTooLarge`), without building anything: for
     scripts that check every model of a study before training the first."""
+    _check_mlp_args(widths, topology_name, fan_in, density, n_inputs)
+    if topology_name in ("radix", "random-equivalent"):
+        topology.check_radix_mlp(n_inputs, widths, fan_in)
+
+
+def _check_mlp_args(widths, topology_name, fan_in, density, n_inputs) -> None:
+    """The argument checks of :func:`sparse_mlp_masks`; the RadiX structure's own are
+    :func:`sparsenn.topology.radix_mlp`'s, made when it builds."""
     if topology_name not in MLP_TOPOLOGIES:
         raise ValueError(f"unknown sparse MLP topology {topology_name!r}; choose one of {', '.join(MLP_TOPOLOGIES)}")
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) == 0:
@@ -345,7 +353,6 @@ def check_sparse_mlp(widths, topology_name: str = "radix", fan_in=None, density=
                                or fan_in < 1):
         raise ValueError(f"fan_in must be an integer >= 1 (the in-degree of every neuron), got {fan_in!r}")
     if topology_name in ("radix", "random-equivalent"):
-        topology.check_radix_mlp(n_inputs, widths, fan_in)
         return
     n_ins = [n_inputs] + list(widths[:-1])
     if fan_in is not None:
@@ -361,7 +368,7 @@ def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=
     ``(widths[1], widths[0])``, ... as boolean CSR; see the section comment for the topologies."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    check_sparse_mlp(widths, topology_name, fan_in, density, n_inputs)
+    _check_mlp_args(widths, topology_name, fan_in, density, n_inputs)
     n_ins = [n_inputs] + list(widths[:-1])
     pairs = list(zip(widths, n_ins))  # (n_out, n_in) of each sparse layer
     if topology_name in ("radix", "random-equivalent"):
