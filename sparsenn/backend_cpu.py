@@ -75,8 +75,12 @@ def sum_batch(dy, out) -> None:
 
 
 def column_segments_for(pattern, x, transpose=False):
-    """The column blocks of W (or W^T) for the operand x, or None (kernels.column_blocks)."""
-    n = _k.column_blocks(pattern.shape[1 if transpose else 0], pattern.nnz, x)
+    """The column blocks of W (or W^T) for the operand x, or None (kernels.column_blocks; and
+    kernels.scattered_column_blocks for layers whose rows read x far apart, random ones)."""
+    rows = pattern.shape[1 if transpose else 0]
+    n = _k.column_blocks(rows, pattern.nnz, x)
+    if n == 1 and x.nbytes > _k.COL_BLOCK_SCATTERED_X and pattern.scattered()[1 if transpose else 0]:
+        n = _k.scattered_column_blocks(rows, pattern.nnz, x)
     return pattern.segments(n, transpose) if n > 1 else None
 
 

@@ -453,3 +453,44 @@ def test_the_layer_takes_column_blocks_where_rows_are_long_and_x_is_beyond_l2(rn
     backend_cpu.spmm(p, data, xb, out)
     assert ("segments", 4, False) in p.cache  # the backend took the blocks
     np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, xb), rtol=1e-4, atol=1e-4)
+
+
+def test_scattered_layers_are_told_from_radix_nets():
+    """Random layers read their rows of x far apart (few reuses within 32 rows); RadiX-Nets, in
+    their order, do not."""
+    from sparsenn.models import sparse_mlp_masks
+
+    for topology, want in (("random", True), ("radix", False)):
+        masks = sparse_mlp_masks([8192] * 3, topology, fan_in=32, rng=np.random.default_rng(0))
+        for m in masks[1:]:
+            assert CSRPattern.from_mask(m).scattered() == (want, want), topology
+
+
+def test_scattered_layers_take_column_blocks_that_fit_l3(rng):
+    from sparsenn import backend_cpu
+    from sparsenn.kernels import COL_BLOCK_X_L3, scattered_column_blocks
+
+    # fan-in 32 at batch 100: 65,536 neurons (x 25 MB) in 3 blocks of at most 10 MB; 262,144
+    # (100 MB) in 8, where 4 entries a row and block remain; none while x fits half of L3
+    assert scattered_column_blocks(65536, 65536 * 32, np.zeros((65536, 100), np.float32)) == 3
+    assert 25 << 20 > 2 * COL_BLOCK_X_L3
+    assert scattered_column_blocks(262_144, 262_144 * 32, np.zeros((262_144, 100), np.float32)) == 8
+    assert scattered_column_blocks(65536, 65536 * 32, np.zeros((65536, 50), np.float32)) == 1  # 12.5 MB
+    assert scattered_column_blocks(16384, 16384 * 32, np.zeros((16384, 100), np.float32)) == 1
+    assert scattered_column_blocks(65536, 65536 * 7, np.zeros((65536, 100), np.float32)) == 1  # too few entries
+    assert scattered_column_blocks(65536, 65536 * 32, np.zeros((65536, 100), np.float64)) == 1
+    # the backend takes them for a scattered pattern only, with the same products as without
+    n = 45_000  # x 18 MB at batch 100: 2 blocks
+    cols = rng.integers(0, n, size=(2048, 32))
+    mask = sp.csr_matrix((np.ones(cols.size, bool), (np.repeat(np.arange(2048), 32), cols.ravel())), shape=(2048, n))
+    p = CSRPattern.from_mask(mask)
+    assert p.scattered()[0]
+    data = rng.standard_normal(p.nnz).astype(np.float32)
+    xb = rng.standard_normal((n, 100)).astype(np.float32)
+    dy = rng.standard_normal((2048, 100)).astype(np.float32)
+    out, g = np.empty((2048, 100), np.float32), np.empty(p.nnz, np.float32)
+    backend_cpu.spmm(p, data, xb, out)
+    backend_cpu.sddmm(p, dy, xb, g)
+    assert ("segments", 2, False) in p.cache  # the backend took the blocks
+    np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, xb), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, xb), rtol=1e-4, atol=1e-4)
