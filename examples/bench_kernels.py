@@ -9,7 +9,8 @@ sparse layer's training step, exactly as ``sparsenn.layers.SparseLinear`` calls 
 
   forward         y  = W x       sparsenn: spmm on W;  scipy: W_csr @ x;  dense NumPy: W @ x;
                                  torch: W_csr @ x
-  backward_input  dx = W^T dy    sparsenn: spmm on the transpose index, values through t_perm;
+  backward_input  dx = W^T dy    sparsenn: spmm on the transpose index, values through t_perm
+                                 (random layers beyond L3: copied into transpose order first);
                                  scipy: W.T.tocsr() @ dy;  dense NumPy: W.T @ dy;
                                  torch: CSR of W^T @ dy  (every transpose built once, like ours)
   weight_grad     dW = dy x^T    sparsenn: sddmm;  scipy: not timed (no SDDMM, see _scipy_ops);
@@ -56,7 +57,7 @@ import scipy
 
 from sparsenn import backend_cpu, cli
 from sparsenn.csr import CSRPattern, balanced_row_splits
-from sparsenn.kernels import sddmm, sddmm_plain, spmm, spmm_plain
+from sparsenn.kernels import permute, sddmm, sddmm_plain, spmm, spmm_plain
 from sparsenn.runtime import thread_info
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +165,9 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
     y = np.empty((p.shape[0], x.shape[1]), np.float32)  # outputs preallocated, as in the layer
     dx = np.empty_like(x)
     dw = np.empty_like(data)
+    # as backend_cpu.spmm_t: a random layer in column blocks copies its values into transpose order first
+    copy_t = not plain and t_seg is not None and p.scattered()[1]
+    data_t = np.empty_like(data) if copy_t else None
 
     def forward():
         if plain:
@@ -176,6 +180,9 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
         # W's values are read in column order through t_perm, as the layer does
         if plain:
             _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm)
+        elif copy_t:  # the copy is timed with the product: the layer pays it every step
+            permute(data, p.t_perm, data_t)
+            _spmm(p.t_indptr, p.t_rows, data_t, dy, dx, t_bounds, None, None, t_order, t_seg)
         else:
             _spmm(p.t_indptr, p.t_rows, data, dy, dx, t_bounds, p.t_perm, None, t_order, t_seg)
         return dx

@@ -963,6 +963,15 @@ def weighted_sum_into(bufs, weights, lo, hi, outs):
             outs[q][i] = s
 
 
+@njit(parallel=True, cache=True)
+def permute(data, perm, out):
+    """out[i] = data[perm[i]]: W's values in the order of its transpose (``perm = t_perm``), so
+    that ``W^T dy`` reads them in sequence instead of through ``t_perm``. O(len(out)), threads
+    over i. backend_cpu.spmm_t takes it for random layers beyond L3 (docs/kernels.md)."""
+    for i in prange(out.shape[0]):
+        out[i] = data[perm[i]]
+
+
 def weighted_sum_into_ref(bufs, weights, lo, hi, outs):
     """NumPy twin of :func:`weighted_sum_into` (in place)."""
     s = sum(np.float32(w) * b[lo:hi] for w, b in zip(weights, bufs))

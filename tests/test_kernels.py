@@ -479,18 +479,35 @@ def test_scattered_layers_take_column_blocks_that_fit_l3(rng):
     assert scattered_column_blocks(16384, 16384 * 32, np.zeros((16384, 100), np.float32)) == 1
     assert scattered_column_blocks(65536, 65536 * 7, np.zeros((65536, 100), np.float32)) == 1  # too few entries
     assert scattered_column_blocks(65536, 65536 * 32, np.zeros((65536, 100), np.float64)) == 1
-    # the backend takes them for a scattered pattern only, with the same products as without
-    n = 45_000  # x 18 MB at batch 100: 2 blocks
-    cols = rng.integers(0, n, size=(2048, 32))
-    mask = sp.csr_matrix((np.ones(cols.size, bool), (np.repeat(np.arange(2048), 32), cols.ravel())), shape=(2048, n))
+    # the backend takes them for a scattered pattern only, with the same products as without;
+    # W^T dy then reads the weights from a copy in transpose order
+    n = 45_000  # x and dy 18 MB at batch 100: 2 blocks, 4 of the ~9 entries of a row in each
+    cols = rng.integers(0, n, size=(n, 9))
+    mask = sp.csr_matrix((np.ones(cols.size, bool), (np.repeat(np.arange(n), 9), cols.ravel())), shape=(n, n))
     p = CSRPattern.from_mask(mask)
-    assert p.scattered()[0]
+    assert p.scattered() == (True, True)
     data = rng.standard_normal(p.nnz).astype(np.float32)
     xb = rng.standard_normal((n, 100)).astype(np.float32)
-    dy = rng.standard_normal((2048, 100)).astype(np.float32)
-    out, g = np.empty((2048, 100), np.float32), np.empty(p.nnz, np.float32)
+    dy = rng.standard_normal((n, 100)).astype(np.float32)
+    out, g, dx = np.empty((n, 100), np.float32), np.empty(p.nnz, np.float32), np.empty((n, 100), np.float32)
     backend_cpu.spmm(p, data, xb, out)
     backend_cpu.sddmm(p, dy, xb, g)
-    assert ("segments", 2, False) in p.cache  # the backend took the blocks
+    backend_cpu.spmm_t(p, data, dy, dx)
+    assert ("segments", 2, False) in p.cache and ("segments", 2, True) in p.cache  # the backend took the blocks
+    np.testing.assert_array_equal(p.cache["values in transpose order", "<f4"], data[p.t_perm])
     np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, xb), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, xb), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data, dy, perm=p.t_perm), rtol=1e-4, atol=1e-4)
+    data2 = rng.standard_normal(p.nnz).astype(np.float32)  # new weights: copied again, not reused
+    backend_cpu.spmm_t(p, data2, dy, dx)
+    np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data2, dy, perm=p.t_perm), rtol=1e-4, atol=1e-4)
+
+
+def test_permute_matches_take(rng):
+    from sparsenn.kernels import permute
+
+    data = rng.standard_normal(1000).astype(np.float32)
+    perm = rng.permutation(1000).astype(np.int64)
+    out = np.empty_like(data)
+    permute(data, perm, out)
+    np.testing.assert_array_equal(out, np.take(data, perm))
