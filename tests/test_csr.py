@@ -124,6 +124,14 @@ def test_strided_layers_get_a_locality_order_and_random_ones_keep_theirs(rng):
     order, t_order = p.orders()
     assert order is not None and t_order is not None
     np.testing.assert_array_equal(np.sort(order), np.arange(4096))  # a permutation of the rows
+    # groups (rows r + 512 j share their columns) taken 16 at a time: the first row of each of
+    # groups 0-15, then the second of each, ...; all of a tile's rows before the next tile's
+    from sparsenn.csr import LOCALITY_TILE
+
+    assert LOCALITY_TILE == 16
+    np.testing.assert_array_equal(order[:32], np.r_[np.arange(16), 512 + np.arange(16)])
+    tile = (np.arange(16)[None, :] + 512 * np.arange(8)[:, None]).ravel()
+    np.testing.assert_array_equal(order[:128], tile)
     # in that order, rows reading the same columns are neighbours: (nearly) every reuse is close
     position = np.empty(4096, np.int64)
     position[order] = np.arange(4096)
