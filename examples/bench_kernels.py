@@ -159,9 +159,9 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
         order = t_order = None
     else:
         _spmm, _sddmm = spmm, sddmm
-        bounds, t_bounds = p.splits(n_threads)
-        order, t_order = p.orders()
         seg, t_seg = backend_cpu.column_segments_for(p, x), backend_cpu.column_segments_for(p, dy, transpose=True)
+        bounds, order = p.splits(n_threads, seg is None)[0], p.orders(seg is None)[0]
+        t_bounds, t_order = p.splits(n_threads, t_seg is None)[1], p.orders(t_seg is None)[1]
     y = np.empty((p.shape[0], x.shape[1]), np.float32)  # outputs preallocated, as in the layer
     dx = np.empty_like(x)
     dw = np.empty_like(data)

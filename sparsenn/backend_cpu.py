@@ -86,10 +86,10 @@ def column_segments_for(pattern, x, transpose=False):
 
 def spmm(pattern, data, x, out, bias=None) -> None:
     """out = W x (+ bias[:, None]) for W = (pattern, data)."""
-    bounds, _ = pattern.splits(numba.get_num_threads())
-    order, _ = pattern.orders()
-    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias, order,  # the bias in the same pass
-            column_segments_for(pattern, x))
+    seg = column_segments_for(pattern, x)
+    bounds, _ = pattern.splits(numba.get_num_threads(), tiles=seg is None)
+    order, _ = pattern.orders(tiles=seg is None)
+    _k.spmm(pattern.indptr, pattern.indices, data, x, out, bounds, None, bias, order, seg)  # the bias in the same pass
 
 
 def spmm_t(pattern, data, dy, out) -> None:
@@ -101,9 +101,9 @@ def spmm_t(pattern, data, dy, out) -> None:
     at a random place in all of W's values, which beyond the caches costs more than the copy
     (random layers of fan-in 32 at batch 100, 2 threads: 65,536 neurons 14.4-14.8 -> 0.8 + 9.6
     ms; 262,144 neurons 105-115 -> 15 + 62-85 ms)."""
-    _, t_bounds = pattern.splits(numba.get_num_threads())
-    _, t_order = pattern.orders()
     seg = column_segments_for(pattern, dy, transpose=True)
+    _, t_bounds = pattern.splits(numba.get_num_threads(), tiles=seg is None)
+    _, t_order = pattern.orders(tiles=seg is None)
     if seg is not None and pattern.scattered()[1]:
         key = ("values in transpose order", data.dtype.str)
         if key not in pattern.cache:
@@ -117,9 +117,10 @@ def spmm_t(pattern, data, dy, out) -> None:
 
 def sddmm(pattern, dy, x, out) -> None:
     """out[k] = dy[row_k] . x[col_k] for each stored entry k."""
-    bounds, _ = pattern.splits(numba.get_num_threads())
-    order, _ = pattern.orders()
-    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds, order, column_segments_for(pattern, x))
+    seg = column_segments_for(pattern, x)
+    bounds, _ = pattern.splits(numba.get_num_threads(), tiles=seg is None)
+    order, _ = pattern.orders(tiles=seg is None)
+    _k.sddmm(pattern.indptr, pattern.indices, dy, x, out, bounds, order, seg)
 
 
 # ------------------------------------------------------------------ elementwise

@@ -127,7 +127,7 @@ def balanced_row_splits(indptr, n_parts: int) -> np.ndarray:
 LOCALITY_TILE = 16  # groups of rows that locality_order takes together
 
 
-def locality_order(indptr, indices, n_in: int) -> np.ndarray:
+def locality_order(indptr, indices, n_in: int, tile: int = LOCALITY_TILE) -> np.ndarray:
     """The rows grouped by their first (smallest) column, the groups taken
     :data:`LOCALITY_TILE` at a time: int64 ``(n_rows,)``, empty rows last. Within a tile of
     groups, the first row of each group in turn, then the second of each, and so on.
@@ -149,7 +149,9 @@ def locality_order(indptr, indices, n_in: int) -> np.ndarray:
     on 2 MPI ranks) 31.0 -> 24.0; at batch 100 on 2 threads 18.6 -> 17.2; 262,144 neurons
     74.7 -> 67.3; 16,384 neurons 1.04-1.09x. Tiles of 8 measured about the same as 16; tiles of
     64 and 128 were slower (26.6 and 33.2 ms at batch 50). Rows whose columns are contiguous
-    windows keep their order (each is a group of its own).
+    windows keep their order (each is a group of its own). ``tile=1``: one group at a time,
+    which layers computed in column blocks take (``CSRPattern.orders(tiles=False)``): on a
+    4,096-wide strided layer in 2 column blocks at batch 100, tiles of 16 were 1.3x slower.
     """
     n_rows = len(indptr) - 1
     filled = np.flatnonzero(np.diff(indptr) > 0)
@@ -159,7 +161,7 @@ def locality_order(indptr, indices, n_in: int) -> np.ndarray:
     starts = np.r_[True, f[1:] != f[:-1]] if len(f) else np.zeros(0, bool)
     group = np.cumsum(starts) - 1  # the group of each row, in by_first's order
     rank = np.arange(len(f)) - np.flatnonzero(starts)[group]  # its place within the group
-    tiled = by_first[np.lexsort((group, rank, group // LOCALITY_TILE))]
+    tiled = by_first[np.lexsort((group, rank, group // tile))]
     empty = np.setdiff1d(np.arange(n_rows), filled, assume_unique=True)
     return np.concatenate((tiled, empty)).astype(np.int64)
 
@@ -289,26 +291,36 @@ class CSRPattern:
             data = np.ones(self.nnz, dtype=bool)
         return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
 
-    def splits(self, n_parts: int) -> tuple:
+    def splits(self, n_parts: int, tiles: bool = True) -> tuple:
         """(bounds of W's rows, bounds of W^T's rows) in ``n_parts`` chunks balanced by
         nonzeros (:func:`balanced_row_splits`), computed once per part count. The bounds cut the
-        rows in the order of :meth:`orders` (the natural order where that is None)."""
-        key = ("splits", n_parts)
+        rows in the order of :meth:`orders` (``tiles`` as there; the natural order where that
+        is None)."""
+        key = ("splits", n_parts, tiles)
         if key not in self.cache:
-            order, t_order = self.orders()
+            order, t_order = self.orders(tiles)
             self.cache[key] = (balanced_row_splits(_ordered_indptr(self.indptr, order), n_parts),
                                balanced_row_splits(_ordered_indptr(self.t_indptr, t_order), n_parts))
         return self.cache[key]
 
-    def orders(self) -> tuple:
+    def orders(self, tiles: bool = True) -> tuple:
         """(order of W's rows, order of W^T's rows) for the kernels: :func:`locality_order`
         where it brings reuses of ``x`` rows closer (:func:`near_reuses`; RadiX-Net layers with
         a strided radix), else None: the natural order (random layers, where sorting gains
-        nothing and scatters the output rows: measured 15% slower). Computed once."""
+        nothing and scatters the output rows: measured 15% slower). Computed once.
+        ``tiles=False``: the same sides ordered, one group of rows at a time instead of tiles of
+        them (the kernels take that with column blocks, :func:`locality_order`)."""
         if "orders" not in self.cache:
             self.cache["orders"] = (_better_order(self.indptr, self.indices, self.t_indptr, self.t_rows, self.shape[1]),
                                     _better_order(self.t_indptr, self.t_rows, self.indptr, self.indices, self.shape[0]))
-        return self.cache["orders"]
+        if tiles:
+            return self.cache["orders"]
+        if "orders, one group at a time" not in self.cache:
+            order, t_order = self.cache["orders"]
+            self.cache["orders, one group at a time"] = (
+                None if order is None else locality_order(self.indptr, self.indices, self.shape[1], tile=1),
+                None if t_order is None else locality_order(self.t_indptr, self.t_rows, self.shape[0], tile=1))
+        return self.cache["orders, one group at a time"]
 
     def scattered(self) -> tuple:
         """(W, W^T): whether the rows, computed in the order of :meth:`orders`, read their rows

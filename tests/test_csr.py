@@ -132,6 +132,11 @@ def test_strided_layers_get_a_locality_order_and_random_ones_keep_theirs(rng):
     np.testing.assert_array_equal(order[:32], np.r_[np.arange(16), 512 + np.arange(16)])
     tile = (np.arange(16)[None, :] + 512 * np.arange(8)[:, None]).ravel()
     np.testing.assert_array_equal(order[:128], tile)
+    # with column blocks the kernels take the groups one at a time: same sides, another order
+    groups, t_groups = p.orders(tiles=False)
+    np.testing.assert_array_equal(groups[:16], np.r_[512 * np.arange(8), 1 + 512 * np.arange(8)])
+    assert t_groups is not None and p.orders(tiles=False)[0] is groups
+    np.testing.assert_array_equal(p.splits(4, tiles=False)[0], [0, 1024, 2048, 3072, 4096])
     # in that order, rows reading the same columns are neighbours: (nearly) every reuse is close
     position = np.empty(4096, np.int64)
     position[order] = np.arange(4096)
