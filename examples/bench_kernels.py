@@ -166,7 +166,7 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
     dx = np.empty_like(x)
     dw = np.empty_like(data)
     # as backend_cpu.spmm_t: a random layer in column blocks copies its values into transpose order first
-    copy_t = not plain and t_seg is not None and p.scattered()[1]
+    copy_t = not plain and t_seg is not None and backend_cpu.scattered_beyond_l3(p, dy, transpose=True)
     data_t = np.empty_like(data) if copy_t else None
 
     def forward():

@@ -79,9 +79,16 @@ def column_segments_for(pattern, x, transpose=False):
     kernels.scattered_column_blocks for layers whose rows read x far apart, random ones)."""
     rows = pattern.shape[1 if transpose else 0]
     n = _k.column_blocks(rows, pattern.nnz, x)
-    if n == 1 and x.nbytes > _k.COL_BLOCK_SCATTERED_X and pattern.scattered()[1 if transpose else 0]:
+    if n == 1 and scattered_beyond_l3(pattern, x, transpose):
         n = _k.scattered_column_blocks(rows, pattern.nnz, x)
     return pattern.segments(n, transpose) if n > 1 else None
+
+
+def scattered_beyond_l3(pattern, x, transpose=False) -> bool:
+    """Whether W (or W^T) reads the rows of x far apart (``pattern.scattered()``: random
+    layers) and x is beyond L3's reach: such products take L3-sized column blocks, and W^T dy
+    reads a copy of the weights in transpose order (:func:`spmm_t`)."""
+    return x.nbytes > _k.COL_BLOCK_SCATTERED_X and pattern.scattered()[1 if transpose else 0]
 
 
 def spmm(pattern, data, x, out, bias=None) -> None:
@@ -104,7 +111,7 @@ def spmm_t(pattern, data, dy, out) -> None:
     seg = column_segments_for(pattern, dy, transpose=True)
     _, t_bounds = pattern.splits(numba.get_num_threads(), tiles=seg is None)
     _, t_order = pattern.orders(tiles=seg is None)
-    if seg is not None and pattern.scattered()[1]:
+    if seg is not None and scattered_beyond_l3(pattern, dy, transpose=True):
         key = ("values in transpose order", data.dtype.str)
         if key not in pattern.cache:
             pattern.cache[key] = np.empty(pattern.nnz, data.dtype)

@@ -127,7 +127,7 @@ def balanced_row_splits(indptr, n_parts: int) -> np.ndarray:
 LOCALITY_TILE = 16  # groups of rows that locality_order takes together
 
 
-def locality_order(indptr, indices, n_in: int, tile: int = LOCALITY_TILE) -> np.ndarray:
+def locality_order(indptr, indices, tile: int = LOCALITY_TILE) -> np.ndarray:
     """The rows grouped by their first (smallest) column, the groups taken
     :data:`LOCALITY_TILE` at a time: int64 ``(n_rows,)``, empty rows last. Within a tile of
     groups, the first row of each group in turn, then the second of each, and so on.
@@ -156,8 +156,8 @@ def locality_order(indptr, indices, n_in: int, tile: int = LOCALITY_TILE) -> np.
     n_rows = len(indptr) - 1
     filled = np.flatnonzero(np.diff(indptr) > 0)
     first = indices[indptr[:-1][filled]].astype(np.int64)
-    by_first = filled[np.argsort(first, kind="stable")]
-    f = np.sort(first, kind="stable")
+    sort = np.argsort(first, kind="stable")
+    by_first, f = filled[sort], first[sort]
     starts = np.r_[True, f[1:] != f[:-1]] if len(f) else np.zeros(0, bool)
     group = np.cumsum(starts) - 1  # the group of each row, in by_first's order
     rank = np.arange(len(f)) - np.flatnonzero(starts)[group]  # its place within the group
@@ -192,11 +192,11 @@ def near_reuses(col_ptr, col_rows, position, window):
     return near / total if total else 1.0
 
 
-def _better_order(indptr, indices, col_ptr, col_rows, n_in):
+def _better_order(indptr, indices, col_ptr, col_rows):
     """:func:`locality_order` if it puts clearly more reuses within :data:`REUSE_WINDOW` rows
     than the natural order does, else None."""
     n_rows = len(indptr) - 1
-    order = locality_order(indptr, indices, n_in)
+    order = locality_order(indptr, indices)
     natural = np.arange(n_rows, dtype=np.int64)
     if np.array_equal(order, natural):
         return None
@@ -311,15 +311,15 @@ class CSRPattern:
         ``tiles=False``: the same sides ordered, one group of rows at a time instead of tiles of
         them (the kernels take that with column blocks, :func:`locality_order`)."""
         if "orders" not in self.cache:
-            self.cache["orders"] = (_better_order(self.indptr, self.indices, self.t_indptr, self.t_rows, self.shape[1]),
-                                    _better_order(self.t_indptr, self.t_rows, self.indptr, self.indices, self.shape[0]))
+            self.cache["orders"] = (_better_order(self.indptr, self.indices, self.t_indptr, self.t_rows),
+                                    _better_order(self.t_indptr, self.t_rows, self.indptr, self.indices))
         if tiles:
             return self.cache["orders"]
         if "orders, one group at a time" not in self.cache:
             order, t_order = self.cache["orders"]
             self.cache["orders, one group at a time"] = (
-                None if order is None else locality_order(self.indptr, self.indices, self.shape[1], tile=1),
-                None if t_order is None else locality_order(self.t_indptr, self.t_rows, self.shape[0], tile=1))
+                None if order is None else locality_order(self.indptr, self.indices, tile=1),
+                None if t_order is None else locality_order(self.t_indptr, self.t_rows, tile=1))
         return self.cache["orders, one group at a time"]
 
     def scattered(self) -> tuple:

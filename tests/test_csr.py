@@ -150,4 +150,4 @@ def test_strided_layers_get_a_locality_order_and_random_ones_keep_theirs(rng):
     assert CSRPattern.from_mask(rng.random((500, 400)) < 0.05).orders() == (None, None)
     # empty rows go last
     q = CSRPattern.from_mask(np.array([[0, 1], [0, 0], [1, 0]], bool))
-    np.testing.assert_array_equal(locality_order(q.indptr, q.indices, 2), [2, 0, 1])
+    np.testing.assert_array_equal(locality_order(q.indptr, q.indices), [2, 0, 1])

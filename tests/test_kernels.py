@@ -498,6 +498,14 @@ def test_scattered_layers_take_column_blocks_that_fit_l3(rng):
     np.testing.assert_allclose(out, spmm_ref(p.indptr, p.indices, data, xb), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(g, sddmm_ref(p.indptr, p.indices, dy, xb), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data, dy, perm=p.t_perm), rtol=1e-4, atol=1e-4)
+    # a scattered layer whose blocks fit L2 (x 2 MB: kernels.column_blocks) keeps reading through t_perm
+    q = CSRPattern.from_mask(sp.random(4096, 4096, density=0.01, random_state=2, format="csr") != 0)
+    dq = rng.standard_normal((4096, 128)).astype(np.float32)
+    assert q.scattered()[1] and backend_cpu.column_segments_for(q, dq, transpose=True) is not None
+    wq, dxq = rng.standard_normal(q.nnz).astype(np.float32), np.empty((4096, 128), np.float32)
+    backend_cpu.spmm_t(q, wq, dq, dxq)
+    assert ("values in transpose order", "<f4") not in q.cache
+    np.testing.assert_allclose(dxq, spmm_ref(q.t_indptr, q.t_rows, wq, dq, perm=q.t_perm), rtol=1e-4, atol=1e-4)
     data2 = rng.standard_normal(p.nnz).astype(np.float32)  # new weights: copied again, not reused
     backend_cpu.spmm_t(p, data2, dy, dx)
     np.testing.assert_allclose(dx, spmm_ref(p.t_indptr, p.t_rows, data2, dy, perm=p.t_perm), rtol=1e-4, atol=1e-4)
