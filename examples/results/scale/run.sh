@@ -29,3 +29,15 @@ python examples/scale.py --widths 262144 --topologies radix --epochs 3 --lr 0.1 
 #    and the 4,096-wide model under the same settings, to compare
 python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --no-torch \
     --json $OUT/radix4096_3epochs.json > $OUT/radix4096_3epochs.log 2>&1
+# 4. issue #15 again on the host of the 2026-12-01 fourth session (the same 2-core kind, a slower host:
+#    a step of the 65,536-wide model took 206 ms on 1 rank against 74.5 ms on the host above)
+python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
+    --json $OUT/mpi_1rank_host2.json > $OUT/mpi_1rank_host2.log 2>&1
+"$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 \
+    --no-torch --no-progress --json $OUT/mpi_2ranks_host2.json > $OUT/mpi_2ranks_host2.log 2>&1
+python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
+    --json $OUT/mpi16k_1rank_host2.json > $OUT/mpi16k_1rank_host2.log 2>&1
+"$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
+    --no-torch --no-progress --json $OUT/mpi16k_2ranks_host2.json > $OUT/mpi16k_2ranks_host2.log 2>&1
+(python examples/profile_step.py --width 65536
+ "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile_host2.log 2>&1
