@@ -58,7 +58,7 @@ import scipy
 from sparsenn import backend_cpu, cli
 from sparsenn.csr import CSRPattern, balanced_row_splits
 from sparsenn.kernels import permute, sddmm, sddmm_plain, spmm, spmm_plain
-from sparsenn.runtime import thread_info
+from sparsenn.runtime import describe_machine, machine_report, thread_info
 
 # ---------------------------------------------------------------------------------------------
 # Defaults, and why
@@ -435,6 +435,7 @@ def asm_report() -> None:
     # (sddmm_any is not listed: the machine code Numba lets us inspect for it shows no
     # multiply-add at all, so its hot loop is compiled somewhere this view does not reach)
     print("\nFMA instructions in the compiled kernels (float32):")
+    narrow = []
     for name, (kernel, args) in runs.items():
         fresh = njit(parallel=True, fastmath=True)(kernel.py_func)
         fresh(*args)
@@ -442,6 +443,16 @@ def asm_report() -> None:
         count = {reg: len(re.findall(rf"vfmadd\w*\s+[^\n]*%{reg}", asm)) for reg in ("zmm", "ymm", "xmm")}
         print(f"  {name:<50} zmm {count['zmm']:>3}  ymm {count['ymm']:>3}  xmm {count['xmm']:>3}  "
               f"gathers {len(re.findall(r'vgather', asm))}")
+        if "register block" in name and count["zmm"] == 0 and count["ymm"] > 0:
+            narrow.append(name)
+    if narrow:  # the block kernels are left to LLVM's vectoriser, which follows its tuning for the CPU
+        import llvmlite.binding as llvm
+
+        print(f"\nLLVM tunes this CPU ({llvm.get_host_cpu_name()}) for 256-bit vectors, so the register-block "
+              "kernels, which LLVM vectorises, use ymm; the explicit-vector ones are 512-bit on any AVX-512 CPU. "
+              "NUMBA_CPU_FEATURES set to the host's features plus ',-prefer-256-bit' compiles them to zmm; on "
+              "the host where that was found (a Sapphire Rapids-like CPU LLVM names 'rocketlake') both ran the "
+              "same beyond the caches, where these kernels run (docs/kernels.md).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,8 +558,9 @@ def main(argv=None) -> int:
     print(f"threads: {thread_info()}")
     print(f"numpy {np.__version__}, scipy {scipy.__version__}, numba {numba.__version__}, "
           f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"load average at start: {load:.2f} (other busy processes stall every threaded kernel)")
+    machine = machine_report()
+    print(f"machine: {describe_machine(machine)}")
+    print("(the load average counts this machine's busy processes, which stall every threaded kernel)")
     print(f"config: batch={BATCH} seed={SEED} {timing} quick={args.quick}")
     if args.asm:
         asm_report()
@@ -619,7 +631,7 @@ def main(argv=None) -> int:
                         impl=impl, median_s=t, gflops=gflops(case, t), of_sgemm=gflops(case, t) / sgemm)
                    for (case, op, impl), t in results.items()]
         records.append(dict(op="sgemm", rows=SGEMM[0], cols=SGEMM[1], density=1.0, batch=BATCH,
-                            impl="dense_numpy", gflops=sgemm))
+                            impl="dense_numpy", gflops=sgemm, machine=machine))
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

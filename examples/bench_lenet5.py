@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections import defaultdict
 
@@ -32,6 +31,7 @@ from sparsenn import cli, data, schedules
 from sparsenn.conv import _Im2colConv
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import layer_table, lenet5
+from sparsenn.runtime import describe_machine, machine_report
 from sparsenn.optim import SGD
 from sparsenn.train import ArrayData, fit
 
@@ -61,10 +61,8 @@ def parse_args(argv=None):
 
 
 def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "unknown"
+    """The machine's 1-minute load average (of its own busy processes)."""
+    return f"{machine_report(probe=False)['load_average']:.2f}"
 
 
 class Timer:
@@ -152,12 +150,13 @@ def print_breakdown(name: str, r: dict, steps_per_epoch: int) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     steps_per_epoch = -(-60000 // args.batch_size)
-    meta = {"load_average_start": load_average(), "numba_threads": numba.get_num_threads(),
-            "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+    machine = machine_report()
+    meta = {"load_average_start": machine["load_average"], "numba_threads": numba.get_num_threads(),
+            "cpu_count": os.cpu_count(), "machine": machine,
             "batch_size": args.batch_size, "variant": args.variant, "density": args.density,
             "steps_timed": args.steps, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(f"LeNet-5 ({args.variant}) on MNIST, batch {args.batch_size}; numba threads {meta['numba_threads']}, "
-          f"load average {meta['load_average_start']} (timings are only comparable on an idle machine)")
+    print(f"LeNet-5 ({args.variant}) on MNIST, batch {args.batch_size}; numba threads {meta['numba_threads']}\n"
+          f"machine: {describe_machine(machine)} (timings are only comparable on an idle machine)")
     results = {"meta": meta, "quick": {}, "full": {}}
     for top in args.topologies:
         model = lenet5("mnist", top, np.random.default_rng(args.seed), variant=args.variant, density=args.density)

@@ -30,7 +30,7 @@ from sparsenn.device import describe, resolve_device
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import lenet300
 from sparsenn.optim import SGD
-from sparsenn.runtime import thread_info
+from sparsenn.runtime import describe_machine, machine_report, thread_info
 from sparsenn.train import ArrayData, epoch_permutation
 
 # seconds per epoch, from the project's issues (#4 on the CPU, #7 on a GPU)
@@ -132,6 +132,8 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     print("device:", describe(device))
+    machine = machine_report()
+    print(f"machine: {describe_machine(machine)}")
     if device == "cpu":
         info = thread_info()
         print(f"threads: numba {info['numba_threading_layer']} x{info['numba_num_threads']}; BLAS {info['blas_thread_config']}")
@@ -141,7 +143,8 @@ def main(argv=None):
     def report(impl, topology, times, nnz):
         med = float(np.median(times))
         records.append({"impl": impl, "device": describe(device), "topology": topology, "epoch_seconds_median": med,
-                        "epoch_seconds": [float(t) for t in times], "nnz": nnz, "batch": args.batch_size})
+                        "epoch_seconds": [float(t) for t in times], "nnz": nnz, "batch": args.batch_size,
+                        "machine": machine})
         target = TARGETS[device].get(topology) if impl == "sparsenn" else None
         verdict = "" if target is None else f"  target < {target} s: {'PASS' if med < target else 'FAIL'}"
         print(f"{impl:<10} {topology:<12} {nnz:>9,} connections  {med:7.3f} s/epoch "

@@ -29,6 +29,7 @@ from sparsenn import cli, distributed
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
+from sparsenn.runtime import describe_machine, machine_report
 
 from bench_lenet5 import Timer  # the per-step timer of the LeNet-5 benchmark (examples/ is on sys.path)
 
@@ -104,6 +105,8 @@ def main(argv=None, comm=None) -> int:
         elif parts is not None:
             parts.current.clear()
     ranks = 1 if comm is None else comm.Get_size()
+    if comm is None or comm.Get_rank() == 0:
+        print(f"machine: {describe_machine(machine_report())}", flush=True)
     if parallel is not None:
         print(f"exchange: {parallel.exchange()}", flush=True)
     print(f"{args.topology} {args.depth} x {args.width:,}, fan-in {args.fan_in}: {ranks} rank(s) x {threads} "

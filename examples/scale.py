@@ -46,6 +46,7 @@ import sparsenn  # noqa: F401  (configures the thread pools before any kernel ru
 from sparsenn import cli, data, distributed, schedules
 from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
+from sparsenn.runtime import describe_machine, machine_report
 from sparsenn.topology import TopologyTooLarge
 from sparsenn.train import ArrayData, TrainingDiverged, fit
 
@@ -379,6 +380,8 @@ def study(args, comm=None) -> int:
         f"{args.topologies}, batch {args.batch_size}, lr {args.lr} after {args.warmup} warmup steps, "
         + (f"{args.steps} timed steps from {args.steps_from:,} connections, else " if args.steps else "")
         + f"{args.epochs} epoch(s)" + (f", {comm.Get_size()} MPI ranks" if comm else ""))
+    machine = machine_report() if rank0 else None  # kept with every record: hosts of one kind differ 3x
+    say(f"machine: {describe_machine(machine)}" if rank0 else "")
     for width in sorted(args.widths):  # every model checked before the first one trains
         for topology in args.topologies:
             try:
@@ -391,6 +394,7 @@ def study(args, comm=None) -> int:
     arrays = load_arrays(base) if comm is not None else None
 
     def add(rec):
+        rec["machine"] = machine  # as read at the study's start
         records.append(rec)
         if rec.get("impl") == "sparsenn":
             say(f"  {rec['topology']:<7} width {rec['widths'][0]:>7,}: {rec['connections']:>12,} connections  "
@@ -436,6 +440,7 @@ def study(args, comm=None) -> int:
             records.append(f)
     if not rank0:
         return 0
+    print(f"machine at the end: {describe_machine(machine_report())}")
     print()
     print(table(records))
     if args.json:

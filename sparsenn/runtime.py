@@ -179,3 +179,71 @@ def thread_info() -> dict:
         info["blas_thread_config"] or "unchanged",
     )
     return info
+
+
+# ------------------------------------------------------------------ the machine a timing ran on
+#
+# Two machines of this project's kind (2 cores, AVX-512, same software) ran the same code at
+# very different speeds: on the one drawn on 2026-12-01 the sparse kernels took 2-3x and a
+# training step of the 65,536-wide scaling-study model 2.8-3.7x as long as on the one before,
+# while dense SGEMM ran at the same 190-230 GFLOP/s. The load average does not show this (it
+# counts only this machine's own processes), so the benchmarks print two quick readings of the
+# host's speed beside it, and timings from different logs are comparable only when those agree.
+
+COPY_PROBE_BYTES = 64 << 20  # beyond any L3 here (32-105 MB L3 seen): the copy runs from DRAM
+LOOP_PROBE_STEPS = 1_000_000
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_report(probe: bool = True) -> dict:
+    """What a timing depends on besides the code: the CPU, the number of CPUs, the 1-minute load
+    average of this machine's processes and, with ``probe``, two readings of the host's speed
+    taken now (about 0.2 s): ``copy_gb_s``, one core copying a 64 MB float64 array (read and
+    write counted, best of 3: memory bandwidth), and ``loop_ms``, a Python loop of a million
+    additions (the core's speed on scalar code; 2-3x apart on hosts of one machine kind)."""
+    import time
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rep = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "load_average": round(load, 2)}
+    try:
+        import llvmlite.binding as llvm
+
+        rep["llvm_cpu"] = llvm.get_host_cpu_name()  # what Numba compiles for
+    except Exception:  # noqa: BLE001  (llvmlite comes with Numba; the report stays useful without)
+        pass
+    if probe:
+        src = np.ones(COPY_PROBE_BYTES // 8)
+        dst = np.empty_like(src)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            best = min(best, time.perf_counter() - t0)
+        rep["copy_gb_s"] = round(2 * src.nbytes / best / 1e9, 1)
+        t0 = time.perf_counter()
+        s = 0
+        for i in range(LOOP_PROBE_STEPS):
+            s += i
+        rep["loop_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+    return rep
+
+
+def describe_machine(rep: dict) -> str:
+    """One line for a log: ``machine_report``'s readings."""
+    line = f"{rep['cpu']} ({rep.get('llvm_cpu', '?')} to Numba), {rep['cpus']} CPUs, load average {rep['load_average']:.2f}"
+    if "copy_gb_s" in rep:
+        line += (f"; host speed now: one core copies {rep['copy_gb_s']:.1f} GB/s, a 1e6-step Python loop takes "
+                 f"{rep['loop_ms']:.0f} ms (compare timings across logs only where these agree)")
+    return line

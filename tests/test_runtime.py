@@ -56,3 +56,16 @@ def test_set_blas_threads_reaches_numpys_openblas():
     assert ok == found, out.stdout + out.stderr  # set whenever NumPy's BLAS is an OpenBLAS
     if found == "True":
         assert n == "1"
+
+
+def test_machine_report_reads_the_host():
+    from sparsenn.runtime import describe_machine, machine_report
+
+    quick = machine_report(probe=False)
+    assert quick["cpus"] == os.cpu_count() and quick["cpu"] and quick["load_average"] >= 0
+    assert "copy_gb_s" not in quick and "host speed" not in describe_machine(quick)
+    rep = machine_report()
+    assert 0.1 < rep["copy_gb_s"] < 1000, rep  # GB/s of one core copying 64 MB
+    assert 1 < rep["loop_ms"] < 10_000, rep  # ms for a million Python additions
+    line = describe_machine(rep)
+    assert f"{rep['copy_gb_s']:.1f} GB/s" in line and f"{rep['loop_ms']:.0f} ms" in line
