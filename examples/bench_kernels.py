@@ -402,10 +402,11 @@ def check_targets(cases, results, sgemm) -> list[tuple[str, str, str, float | No
 # ---------------------------------------------------------------------------------------------
 
 
-def asm_report() -> None:
+def asm_report(blocks_only: bool = False) -> None:
     """Compile fresh copies of the kernels (cached code cannot be inspected) for float32 and
     count, in the machine code, fused multiply-adds on 512-bit (zmm), 256-bit (ymm) and scalar or
-    128-bit (xmm) registers, and gathers (a sign that LLVM vectorised across nonzeros instead)."""
+    128-bit (xmm) registers, and gathers (a sign that LLVM vectorised across nonzeros instead).
+    blocks_only: the three register-block kernels alone (the ones LLVM vectorises)."""
     import re
 
     from numba import njit
@@ -432,6 +433,8 @@ def asm_report() -> None:
                                                              (p.indptr, p.indices, dy, x, np.empty(p.nnz, np.float32),
                                                               bounds, None, None)),
     }
+    if blocks_only:
+        runs = {k: v for k, v in runs.items() if "register block" in k or "one pass" in k}
     # (sddmm_any is not listed: the machine code Numba lets us inspect for it shows no
     # multiply-add at all, so its hot loop is compiled somewhere this view does not reach)
     print("\nFMA instructions in the compiled kernels (float32):")
