@@ -31,8 +31,8 @@ from sparsenn import cli, data, schedules
 from sparsenn.conv import _Im2colConv
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import layer_table, lenet5
-from sparsenn.runtime import describe_machine, machine_report
 from sparsenn.optim import SGD
+from sparsenn.runtime import describe_machine, machine_report
 from sparsenn.train import ArrayData, fit
 
 CONV_PARTS = ("_patches", "_product", "_weight_grad", "_input_grad", "_col2im")

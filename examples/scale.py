@@ -381,7 +381,8 @@ def study(args, comm=None) -> int:
         + (f"{args.steps} timed steps from {args.steps_from:,} connections, else " if args.steps else "")
         + f"{args.epochs} epoch(s)" + (f", {comm.Get_size()} MPI ranks" if comm else ""))
     machine = machine_report() if rank0 else None  # kept with every record: hosts of one kind differ 3x
-    say(f"machine: {describe_machine(machine)}" if rank0 else "")
+    if rank0:
+        say(f"machine: {describe_machine(machine)}")
     for width in sorted(args.widths):  # every model checked before the first one trains
         for topology in args.topologies:
             try:

@@ -8,19 +8,23 @@ MPIEXEC="$(dirname "$(python -c 'import sys; print(sys.executable)')")/mpiexec"
 python examples/scale.py --lr 0.1 --epochs 1 --steps 60 --steps-from 20000000 \
     --json $OUT/study.json --plot $OUT/study.png > $OUT/study.log 2>&1
 # 2. issue #15: the 65,536-wide model on 1 rank x 2 threads, then 2 ranks x 1 thread, one full
-#    epoch each (timed steps would charge the first steps' page faults and warm-up to the epoch)
-python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
-    --json $OUT/mpi_1rank.json > $OUT/mpi_1rank.log 2>&1
-"$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 \
-    --no-torch --no-progress --json $OUT/mpi_2ranks.json > $OUT/mpi_2ranks.log 2>&1
-#    and the model with 65,536 hidden neurons (4 x 16,384), the other reading of the issue's "65,536-neuron model"
-python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
-    --json $OUT/mpi16k_1rank.json > $OUT/mpi16k_1rank.log 2>&1
-"$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
-    --no-torch --no-progress --json $OUT/mpi16k_2ranks.json > $OUT/mpi16k_2ranks.log 2>&1
-#    where a step of the 65,536-wide model goes, on 1 rank x 2 threads, then 2 ranks x 1 thread
-(python examples/profile_step.py --width 65536
- "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile.log 2>&1
+#    epoch each (timed steps would charge the first steps' page faults and warm-up to the epoch);
+#    the model with 65,536 hidden neurons (4 x 16,384), the other reading of the issue's
+#    "65,536-neuron model"; and where a step of the 65,536-wide model goes, both ways.
+#    $1: a suffix for the output files' names
+mpi_pairs() {
+    python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
+        --json $OUT/mpi_1rank$1.json > $OUT/mpi_1rank$1.log 2>&1
+    "$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 \
+        --no-torch --no-progress --json $OUT/mpi_2ranks$1.json > $OUT/mpi_2ranks$1.log 2>&1
+    python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
+        --json $OUT/mpi16k_1rank$1.json > $OUT/mpi16k_1rank$1.log 2>&1
+    "$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
+        --no-torch --no-progress --json $OUT/mpi16k_2ranks$1.json > $OUT/mpi16k_2ranks$1.log 2>&1
+    (python examples/profile_step.py --width 65536
+     "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile$1.log 2>&1
+}
+mpi_pairs ""
 #    and a step of the top model, layer by layer and kernel call by kernel call
 python examples/profile_step.py --width 262144 --steps 10 --layers > $OUT/step_layers.log 2>&1
 # 3. accuracy: the top RadiX model (4 x 262,144 neurons), three full epochs
@@ -29,15 +33,6 @@ python examples/scale.py --widths 262144 --topologies radix --epochs 3 --lr 0.1 
 #    and the 4,096-wide model under the same settings, to compare
 python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --no-torch \
     --json $OUT/radix4096_3epochs.json > $OUT/radix4096_3epochs.log 2>&1
-# 4. issue #15 again on the host of the 2026-12-01 fourth session (the same 2-core kind, a slower host:
-#    a step of the 65,536-wide model took 206 ms on 1 rank against 74.5 ms on the host above)
-python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
-    --json $OUT/mpi_1rank_host2.json > $OUT/mpi_1rank_host2.log 2>&1
-"$MPIEXEC" -n 2 python examples/scale.py --widths 65536 --topologies radix --lr 0.1 --epochs 1 \
-    --no-torch --no-progress --json $OUT/mpi_2ranks_host2.json > $OUT/mpi_2ranks_host2.log 2>&1
-python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
-    --json $OUT/mpi16k_1rank_host2.json > $OUT/mpi16k_1rank_host2.log 2>&1
-"$MPIEXEC" -n 2 python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
-    --no-torch --no-progress --json $OUT/mpi16k_2ranks_host2.json > $OUT/mpi16k_2ranks_host2.log 2>&1
-(python examples/profile_step.py --width 65536
- "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536) > $OUT/step_profile_host2.log 2>&1
+# 4. the *_host2 files: part 2 on the host of the 2026-12-01 fourth session (the same 2-core kind, a
+#    slower host: a step of the 65,536-wide model took 206-275 ms on 1 rank against 74.5 ms on the
+#    host above), run there as: mpi_pairs _host2
