@@ -157,14 +157,23 @@ class Store:
     def __init__(self, out_dir):
         self.path = os.path.join(out_dir, "runs.jsonl")
         self.by_key = {}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:  # a line cut short by a kill
-                        continue
-                    self.by_key.setdefault(rec["key"], []).append(rec)
+        self.refresh()
+
+    def refresh(self):
+        """Read the runs stored since the last read: another invocation filling the same store
+        (one per recipe, both with --ablation) may have finished a run this one has yet to do."""
+        if not os.path.exists(self.path):
+            return
+        found = {}
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                found.setdefault(rec["key"], []).append(rec)
+        for key, recs in found.items():
+            self.by_key.setdefault(key, recs)
 
     def __contains__(self, key):
         return key in self.by_key
@@ -173,8 +182,11 @@ class Store:
         """Append a run's records with one write to a file opened for appending, so that two
         invocations filling the store at once (say one per recipe) never interleave lines."""
         lines = "".join(json.dumps({**rec, "key": key}) + "\n" for rec in records).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end and os.pread(fd, 1, end - 1) != b"\n":  # a line cut short by a kill: end it
+                lines = b"\n" + lines
             written = 0
             while written < len(lines):
                 written += os.write(fd, lines[written:])
@@ -612,7 +624,8 @@ def main(argv=None) -> int:
         pending = []
     t_start, cost_done, cost_left = time.perf_counter(), 0.0, sum(run[5] for run in pending)
     for i, (key, kind, cfg, seed, params, cost, flags) in enumerate(pending):
-        if key in study.store:  # a dense run trained earlier in this loop, for a pruning run
+        study.store.refresh()
+        if key in study.store:  # trained earlier in this loop (a pruning run's dense model) or by another invocation
             cost_left -= cost
             continue
         t0 = time.perf_counter()

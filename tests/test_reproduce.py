@@ -265,3 +265,20 @@ def test_reproduce_run_keys_follow_the_full_configuration(tmp_path, real_data):
     assert reproduce.run_key("dense", paper, 0) != reproduce.run_key("dense", paper, 1)
     assert reproduce.run_key("one-time", paper, 0, sparsity=0.5) != reproduce.run_key("one-time", paper, 0, sparsity=0.9)
     assert reproduce.run_key("dense", dict(paper, json="x.json", verbose=True), 0) == reproduce.run_key("dense", paper, 0)
+
+
+def test_store_sees_runs_another_invocation_stored(tmp_path):
+    # Two invocations fill one store (one per recipe, both with --ablation): each re-reads it
+    # before a run, so a run the other finished meanwhile is skipped, not trained twice.
+    mine, theirs = reproduce.Store(str(tmp_path)), reproduce.Store(str(tmp_path))
+    theirs.add("k1", [{"stage": "trained", "test_acc": 0.9}])
+    assert "k1" not in mine
+    with open(mine.path, "a") as f:
+        f.write('{"key": "k2", "stage": "pru')  # a line cut short by a kill is ignored
+    mine.refresh()
+    assert "k1" in mine and mine.by_key["k1"][0]["test_acc"] == 0.9 and "k2" not in mine
+    mine.add("k3", [{"stage": "trained", "test_acc": 0.5}])
+    mine.refresh()
+    assert mine.by_key["k3"] == [{"stage": "trained", "test_acc": 0.5, "key": "k3"}]
+    # the run stored after the cut line starts a line of its own, so a fresh read finds it
+    assert reproduce.Store(str(tmp_path)).by_key["k3"] == mine.by_key["k3"]
