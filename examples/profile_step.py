@@ -10,10 +10,11 @@ the time of a step does not depend on them); under MPI each rank takes its share
 batch, as in training, and the ranks meet at a barrier before each step so that one rank's
 phases are not charged to another's.
 
-Under MPI with every rank on one machine, the ranks share one copy of the weights
-(:meth:`sparsenn.distributed.DataParallel.start`): "exchange" is then the barrier after the
-backward, and "optimiser" is this rank's part of the gradient sum and of the update, and the
-barrier after it. Otherwise "exchange" is the whole gradient sum and "optimiser" the whole step.
+Under MPI, "exchange" is the whole gradient sum (in shared memory when every rank is on one
+machine) and "optimiser" the whole step. With ``SPARSENN_SHARE_WEIGHTS=1`` the ranks on one
+machine share one copy of the weights (:meth:`sparsenn.distributed.DataParallel.start`):
+"exchange" is then the barrier after the backward, and "optimiser" is this rank's part of the
+gradient sum and of the update, and the barrier after it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main(argv=None, comm=None) -> int:
     parallel = distributed.DataParallel(comm, model) if comm is not None else None
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     if parallel is not None:
-        parallel.start(opt)  # as fit does: the step is the ranks' (shared weights where they can)
+        parallel.start(opt)  # as fit does: the step is the ranks'
     local = args.batch_size if parallel is None else len(parallel.shard(np.arange(args.batch_size)))
     rng = np.random.default_rng(1)
     x = rng.random((784, local), dtype=np.float32)

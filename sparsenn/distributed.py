@@ -28,9 +28,10 @@ The rules, each chosen so that a run does not depend on how many ranks it had:
   same gradients, so the weights stay equal without being sent; :meth:`DataParallel.check_same`
   compares a checksum of every rank's patterns and weights at the start and after each epoch
   (pruning included), and stops with an error naming the ranks that differ. On one machine,
-  without callbacks, the ranks go further and share one copy of the weights and optimiser
-  state (:meth:`DataParallel.start`): each sums and updates only its part of it
-  (``Optimizer.step(part=...)``), between two barriers.
+  without callbacks, the ranks can go further and share one copy of the weights and optimiser
+  state (``SPARSENN_SHARE_WEIGHTS=1``; :meth:`DataParallel.start` says why it is off by
+  default): each sums and updates only its part of it (``Optimizer.step(part=...)``), between
+  two barriers.
 * **Rank 0 alone** prints, writes metrics and checkpoints; evaluation is split over the ranks
   and its counts reduced.
 * **Faults**: a rank that raises prints its error with its rank and aborts the job
@@ -214,7 +215,7 @@ class DataParallel:
     comm: an mpi4py communicator. model: the model every rank built identically.
     """
 
-    def __init__(self, comm, model, shared=None):
+    def __init__(self, comm, model, shared=None, share_weights=None):
         self.comm, self.model = comm, model
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.flat = None
@@ -229,6 +230,11 @@ class DataParallel:
             raise ValueError("shared=True needs every rank on one machine (MPI COMM_TYPE_SHARED)")
         self.shared = self.node is not None
         self.optimizer = None
+        # share_weights: also one copy of the weights and optimiser state (see start); None =
+        # only if SPARSENN_SHARE_WEIGHTS=1. Off by default: it saves memory but costs time.
+        if share_weights is None:
+            share_weights = os.environ.get("SPARSENN_SHARE_WEIGHTS", "0") == "1"
+        self._want_shared_weights = bool(share_weights)
         self.share_weights = False  # decided by start()
         self._pwin = None  # the window of the shared weights and optimiser state
         self._bound = []
@@ -237,16 +243,28 @@ class DataParallel:
     def start(self, optimizer, callbacks=()) -> None:
         """Called by ``fit`` before the first step: the exchange will also step ``optimizer``.
 
-        When the gradients are summed in shared memory and no callback runs between the steps,
-        the ranks also share one copy of the weights and of the optimiser state (a second
-        shared-memory window): each rank sums only its own part of the gradients and updates
-        only that part of the weights (:meth:`step`), so the optimiser's work is not repeated on
-        every rank and the model's memory is not either. A callback (pruning, say) reads and
-        writes the weights between steps, and on one shared copy each rank's callback would
-        race the others'; with callbacks every rank keeps its own weights and takes the whole
-        step, as without shared memory."""
+        By default every rank keeps its own weights and optimiser state and takes the whole
+        optimiser step. With ``share_weights`` (asked for, the gradients summed in shared memory
+        and no callback between the steps), the ranks share one copy of the weights and of the
+        optimiser state instead (a second shared-memory window): each rank sums only its own
+        part of the gradients and updates only that part of the weights (:meth:`step`), so the
+        optimiser's work is not repeated on every rank and the model's memory is not either.
+
+        Why it is not the default: a shared-memory window gets 4 KB pages (Linux gives shared
+        memory no transparent huge pages unless ``/sys/kernel/mm/transparent_hugepage/
+        shmem_enabled`` allows it; it is ``never`` by default), where a private array this large
+        gets 2 MB ones, and the transpose product ``W^T dy`` reads the weights in scattered order
+        (through ``t_perm``), so on 4 KB pages its loads miss the TLB. Measured on the scaling
+        study's 65,536-wide model (2 ranks x 1 thread, batch 50 each, ``profile_step.py --layers``
+        on an Intel Xeon host, emeraldrapids): ``W^T dy`` 67.4 ms per step on shared weights
+        against 54.4 on private ones, and the whole step 264.7 against 238.0 ms, the repeated
+        optimiser step (12.0 ms against 15.8 for half of it, with the wait) included.
+
+        A callback (pruning, say) reads and writes the weights between steps, and on one shared
+        copy each rank's callback would race the others'; with callbacks every rank keeps its
+        own weights, as without shared memory."""
         self.optimizer = optimizer
-        self.share_weights = self.shared and not callbacks and optimizer is not None
+        self.share_weights = self._want_shared_weights and self.shared and not callbacks and optimizer is not None
 
     def exchange(self) -> str:
         """How the gradients travel, for the run's log."""

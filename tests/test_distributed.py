@@ -91,7 +91,7 @@ def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
     assert two.returncode == 0, two.stderr
     assert "data-parallel over 2 ranks" in two.stdout
     assert "gradients summed in shared memory, 111,724 bytes" in two.stdout
-    assert "one copy of the weights and optimiser state, each rank updating 1/2 of it" in two.stdout
+    assert "one copy of the weights" not in two.stdout  # each rank keeps its own (the default)
     assert two.stdout.count("configuration:") == 1  # rank 0 alone speaks
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     worst = 0.0
@@ -111,22 +111,24 @@ def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
 
 @needs_mpi
 def test_the_shared_memory_sum_and_the_allreduce_train_alike(tmp_path):
-    """Ranks on one machine sum in a shared-memory window and share one copy of the weights; with
-    a callback between steps each keeps its own copy; SPARSENN_SHM_REDUCE=0 (or ranks on
-    several machines) takes one Allreduce. All three average the same gradients: float32
-    rounding apart."""
+    """Ranks on one machine sum in a shared-memory window, each keeping its own weights (the
+    default), or, with SPARSENN_SHARE_WEIGHTS=1, sharing one copy of them, unless a callback
+    runs between steps; SPARSENN_SHM_REDUCE=0 (or ranks on several machines) takes one
+    Allreduce. All four average the same gradients: float32 rounding apart."""
     runs = {}
-    for how, flag, extra, says in (("shared", "1", [], "each rank updating 1/2 of it"),
-                                   ("own weights", "1", ["--noop-callback"], "summed in shared memory, 1,356 bytes"),
-                                   ("allreduce", "0", [], "one Allreduce of")):
+    for how, flag, share, extra, says in (
+            ("shared", "1", "1", [], "each rank updating 1/2 of it"),
+            ("own weights", "1", "0", [], "summed in shared memory, 1,356 bytes"),
+            ("callback", "1", "1", ["--noop-callback"], "summed in shared memory, 1,356 bytes"),
+            ("allreduce", "0", "0", [], "one Allreduce of")):
         proc = mpirun("-m", "tests.mpi.worker", "--save", tmp_path / f"{how}.npz", *extra, cwd=REPO,
-                      extra_env={"SPARSENN_SHM_REDUCE": flag})
+                      extra_env={"SPARSENN_SHM_REDUCE": flag, "SPARSENN_SHARE_WEIGHTS": share})
         assert proc.returncode == 0, proc.stderr
         assert says in proc.stdout, proc.stdout
-        if how == "own weights":
+        if how != "shared":
             assert "one copy of the weights" not in proc.stdout
         runs[how] = np.load(tmp_path / f"{how}.npz")
-    for how in ("own weights", "allreduce"):
+    for how in ("own weights", "callback", "allreduce"):
         for key in runs["shared"].files:
             a, b = runs["shared"][key], runs[how][key]
             assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), (how, key)
