@@ -70,8 +70,8 @@ def add_bias(out, bias) -> None:
 
 
 def sum_batch(dy, out) -> None:
-    """out[r] = sum_b dy[r, b]."""
-    _k.sum_batch(dy, out)
+    """out[r] = sum_b dy[r, b] (on every thread for wide layers: kernels.PARALLEL_ELEMENTS)."""
+    (_k.sum_batch_parallel if dy.size >= _k.PARALLEL_ELEMENTS else _k.sum_batch)(dy, out)
 
 
 def column_segments_for(pattern, x, transpose=False):
@@ -134,12 +134,14 @@ def sddmm(pattern, dy, x, out) -> None:
 
 
 def relu(x, out) -> None:
-    _k.relu(x.reshape(-1), out.reshape(-1))
+    """out = max(x, 0) (on every thread for wide layers: kernels.PARALLEL_ELEMENTS)."""
+    (_k.relu_parallel if x.size >= _k.PARALLEL_ELEMENTS else _k.relu)(x.reshape(-1), out.reshape(-1))
 
 
 def relu_backward(y, dy, dx) -> None:
     """dx = dy where y > 0, else 0 (y the ReLU's output)."""
-    _k.relu_backward(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    kernel = _k.relu_backward_parallel if y.size >= _k.PARALLEL_ELEMENTS else _k.relu_backward
+    kernel(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
 
 
 def multiply(w, mask) -> None:

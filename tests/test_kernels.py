@@ -283,18 +283,43 @@ def test_batch_blocks_cover_every_column_with_register_block_widths():
         assert len(passes) == -(-batch // 128), batch  # one pass per 128 columns, no more
 
 
-def test_relu_kernels_equal_numpy(rng):
-    from sparsenn.kernels import relu, relu_backward
+@pytest.mark.parametrize("which", ["serial", "parallel"])
+@pytest.mark.parametrize("n", [1, 1000, 70001])
+def test_relu_kernels_equal_numpy(rng, which, n):
+    from sparsenn import kernels
 
-    x = rng.standard_normal(1000).astype(np.float32)
+    relu, relu_backward = ((kernels.relu, kernels.relu_backward) if which == "serial"
+                           else (kernels.relu_parallel, kernels.relu_backward_parallel))
+    x = rng.standard_normal(n).astype(np.float32)
     x[:5] = 0.0
-    y = np.empty_like(x)
+    y = np.full_like(x, np.nan)
     relu(x, y)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
-    dy = rng.standard_normal(1000).astype(np.float32)
-    dx = np.empty_like(x)
+    dy = rng.standard_normal(n).astype(np.float32)
+    dx = np.full_like(x, np.nan)
     relu_backward(y, dy, dx)
     np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))
+
+
+def test_the_cpu_backend_takes_the_parallel_elementwise_kernels_for_wide_layers(rng, monkeypatch):
+    from sparsenn import backend_cpu, kernels
+
+    calls = []
+    for name in ("relu", "relu_parallel", "relu_backward", "relu_backward_parallel", "sum_batch",
+                 "sum_batch_parallel"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    for rows in (300, kernels.PARALLEL_ELEMENTS // 100 + 1):  # a LeNet layer, then a wide one
+        x = rng.standard_normal((rows, 100)).astype(np.float32)
+        y, dx, db = np.empty_like(x), np.empty_like(x), np.empty(rows, np.float32)
+        backend_cpu.relu(x, y)
+        backend_cpu.relu_backward(y, x, dx)
+        backend_cpu.sum_batch(dx, db)
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+        np.testing.assert_array_equal(dx, np.where(y > 0, x, 0))
+        np.testing.assert_allclose(db, kernels.sum_batch_ref(dx), rtol=1e-5, atol=1e-4)
+    assert calls == ["relu", "relu_backward", "sum_batch", "relu_parallel", "relu_backward_parallel",
+                     "sum_batch_parallel"]
 
 
 @pytest.mark.parametrize("batch", [1, 47, 50, 100, 128, 200])

@@ -112,13 +112,14 @@ def test_the_optimiser_steps_small_and_large_parameters_alike(rng):
 
 
 def test_sum_batch_matches_twin(rng):
-    from sparsenn.kernels import sum_batch, sum_batch_ref
+    from sparsenn.kernels import sum_batch, sum_batch_parallel, sum_batch_ref
 
-    for shape in ((300, 100), (7, 1), (50, 19600), (0, 5)):
-        dy = rng.standard_normal(shape).astype(np.float32)
-        out = np.full(shape[0], np.nan, np.float32)
-        sum_batch(dy, out)
-        np.testing.assert_allclose(out, sum_batch_ref(dy), rtol=1e-5, atol=1e-4)
+    for kernel in (sum_batch, sum_batch_parallel):
+        for shape in ((300, 100), (7, 1), (50, 19600), (0, 5), (1001, 100)):
+            dy = rng.standard_normal(shape).astype(np.float32)
+            out = np.full(shape[0], np.nan, np.float32)
+            kernel(dy, out)
+            np.testing.assert_allclose(out, sum_batch_ref(dy), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
