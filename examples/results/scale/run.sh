@@ -37,5 +37,5 @@ python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --
 #    slower host: a step of the 65,536-wide model took 206-275 ms on 1 rank against 74.5 ms on the
 #    host above), run there as: mpi_pairs _host2
 # 5. the *_host3 files: part 2 on the host of the 2026-12-02 session (an Intel Xeon, emeraldrapids,
-#    3.7-3.9x slower than the host above on these models), with each rank keeping its own weights
+#    1-rank epochs 3.7-3.9x the host above's before the parallel ReLU passes), with each rank keeping its own weights
 #    (the default since then), run there as: mpi_pairs _host3
