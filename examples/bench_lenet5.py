@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import time
+import types
 from collections import defaultdict
 
 import numba
@@ -35,9 +36,11 @@ from sparsenn.optim import SGD
 from sparsenn.runtime import describe_machine, machine_report
 from sparsenn.train import ArrayData, fit
 
-CONV_PARTS = ("_patches", "_product", "_weight_grad", "_input_grad", "_col2im")
-PART_NAMES = {"_patches": "im2col", "_product": "W@cols", "_weight_grad": "dW", "_input_grad": "W^T dy",
-              "_col2im": "col2im"}
+# a convolution's parts: two calls into its backend (``layer.ops``) and three methods of its own
+CONV_OPS = ("im2col", "col2im")
+CONV_PARTS = ("im2col", "_product", "_weight_grad", "_input_grad", "col2im")
+PART_NAMES = {"im2col": "im2col", "_product": "W@cols", "_weight_grad": "dW", "_input_grad": "W^T dy",
+              "col2im": "col2im"}
 
 
 def parse_args(argv=None):
@@ -83,6 +86,15 @@ class Timer:
 
         setattr(obj, method, timed)  # an instance attribute: the class is untouched
 
+    def wrap_ops(self, layer, names, key_of):
+        """Time the calls ``layer`` makes to its backend's functions ``names``: the layer gets
+        its own copy of its backend's namespace (``layer.ops``, an instance attribute; the
+        backend module and the other layers are untouched) with those functions timed."""
+        ops = layer.ops
+        layer.ops = types.SimpleNamespace(**{k: getattr(ops, k) for k in dir(ops) if not k.startswith("__")})
+        for name in names:
+            self.wrap(layer.ops, name, key_of(name))
+
     def end_step(self):
         for k, v in self.current.items():
             self.steps[k].append(v)
@@ -105,8 +117,10 @@ def bench_steps(model, args) -> dict:
         timer.wrap(layer, "forward", (i, "forward"))
         timer.wrap(layer, "backward", (i, "backward"))
         if isinstance(layer, _Im2colConv):
+            timer.wrap_ops(layer, CONV_OPS, lambda part, i=i: (i, part))
             for part in CONV_PARTS:
-                timer.wrap(layer, part, (i, part))
+                if part not in CONV_OPS:
+                    timer.wrap(layer, part, (i, part))
     timer.wrap(opt, "step", "optimizer")
     step_times = []
     for s in range(args.warmup + args.steps):

@@ -167,3 +167,21 @@ def test_divergence_names_the_last_checkpoint_written_before_it(tmp_path):
 def test_benchmark_scripts_refuse_bad_arguments_in_one_line(script, args, match):
     proc = no_traceback(run(script, *args, timeout=120))
     assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+
+
+def test_bench_lenet5_times_every_part_of_a_convolution(tmp_path):
+    """A short run of the LeNet-5 benchmark: its per-part breakdown reaches the convolutions'
+    im2col and col2im (calls into the layer's backend) as well as their products."""
+    out = tmp_path / "bench.json"
+    proc = no_traceback(run("bench_lenet5.py", "--topologies", "random", "--steps", "2", "--warmup", "1",
+                            "--json", out, timeout=300))
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())["quick"]["random"]
+    convs = [row for row in rec["layers"] if "parts_ms" in row]
+    assert [row["layer"] for row in convs] == ["conv1", "conv2"]
+    for row in convs:
+        assert set(row["parts_ms"]) == {"im2col", "W@cols", "dW", "W^T dy", "col2im"}
+        assert row["parts_ms"]["im2col"] > 0 and row["parts_ms"]["W@cols"] > 0 and row["parts_ms"]["dW"] > 0
+    # conv1 is the first layer: no input gradient, so no W^T dy and no col2im; conv2 has both
+    assert convs[0]["parts_ms"]["col2im"] == 0 and convs[1]["parts_ms"]["col2im"] > 0
+    assert convs[1]["parts_ms"]["W^T dy"] > 0
