@@ -39,3 +39,5 @@ python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --
 # 5. the *_host3 files: part 2 on the host of the 2026-12-02 session (an Intel Xeon, emeraldrapids,
 #    1-rank epochs 3.7-3.9x the host above's before the parallel ReLU passes), with each rank keeping its own weights
 #    (the default since then), run there as: mpi_pairs _host3
+# 6. the *_host4 files: part 2 on the host of the next 2026-12-02 session (an AMD EPYC, Zen 4 /
+#    znver4, one core copying 13-21 GB/s), the code unchanged since part 5, run there as: mpi_pairs _host4
