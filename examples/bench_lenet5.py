@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 import time
-import types
 from collections import defaultdict
 
 import numba
 import numpy as np
 
 import sparsenn  # noqa: F401 - configures the BLAS thread pool on import
-from sparsenn import cli, data, schedules
+from sparsenn import backend_cpu, cli, data, schedules
 from sparsenn.conv import _Im2colConv
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import layer_table, lenet5
@@ -36,11 +35,13 @@ from sparsenn.optim import SGD
 from sparsenn.runtime import describe_machine, machine_report
 from sparsenn.train import ArrayData, fit
 
-# a convolution's parts: two calls into its backend (``layer.ops``) and three methods of its own
+# a convolution's parts: two calls into the CPU backend, three methods of its own, and (a sparse
+# convolution on the CPU, batch 16-143) the two that replace all five, one window position at a time
 CONV_OPS = ("im2col", "col2im")
-CONV_PARTS = ("im2col", "_product", "_weight_grad", "_input_grad", "col2im")
+CONV_PARTS = ("im2col", "_product", "_weight_grad", "_input_grad", "col2im", "_patchwise_forward",
+              "_patchwise_backward")
 PART_NAMES = {"im2col": "im2col", "_product": "W@cols", "_weight_grad": "dW", "_input_grad": "W^T dy",
-              "col2im": "col2im"}
+              "col2im": "col2im", "_patchwise_forward": "by patch", "_patchwise_backward": "bwd patch"}
 
 
 def parse_args(argv=None):
@@ -74,6 +75,7 @@ class Timer:
     def __init__(self):
         self.current = defaultdict(float)
         self.steps = defaultdict(list)
+        self.layer = None  # the index of the convolution running now (wrap_ops)
 
     def wrap(self, obj, method: str, key: str):
         inner = getattr(obj, method)
@@ -86,14 +88,35 @@ class Timer:
 
         setattr(obj, method, timed)  # an instance attribute: the class is untouched
 
-    def wrap_ops(self, layer, names, key_of):
-        """Time the calls ``layer`` makes to its backend's functions ``names``: the layer gets
-        its own copy of its backend's namespace (``layer.ops``, an instance attribute; the
-        backend module and the other layers are untouched) with those functions timed."""
-        ops = layer.ops
-        layer.ops = types.SimpleNamespace(**{k: getattr(ops, k) for k in dir(ops) if not k.startswith("__")})
+    def wrap_ops(self, names, key_of):
+        """Time the calls to the CPU backend's functions ``names`` (``sparsenn.backend_cpu``,
+        replaced in the module for this process: layers look them up at each call), each filed
+        under ``key_of(name)`` for the layer running at the time (``self.layer``, which the
+        wrapped forward and backward of each convolution set). The layers keep the backend
+        module itself, so what they do on it (``ops is backend_cpu``) is what they do in training."""
         for name in names:
-            self.wrap(layer.ops, name, key_of(name))
+            inner = getattr(backend_cpu, name)
+
+            def timed(*a, _inner=inner, _name=name, **k):
+                t0 = time.perf_counter()
+                out = _inner(*a, **k)
+                self.current[key_of(self.layer, _name)] += time.perf_counter() - t0
+                return out
+
+            setattr(backend_cpu, name, timed)
+
+    def within(self, obj, method: str, index):
+        """While ``obj.method`` runs, ``self.layer`` is ``index``."""
+        inner = getattr(obj, method)
+
+        def marked(*a, **k):
+            self.layer = index
+            try:
+                return inner(*a, **k)
+            finally:
+                self.layer = None
+
+        setattr(obj, method, marked)
 
     def end_step(self):
         for k, v in self.current.items():
@@ -113,13 +136,15 @@ def bench_steps(model, args) -> dict:
     opt = SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss = SoftmaxCrossEntropy()
     timer = Timer()
+    timer.wrap_ops(CONV_OPS, lambda i, part: (i, part))
     for i, layer in enumerate(model.layers):
         timer.wrap(layer, "forward", (i, "forward"))
         timer.wrap(layer, "backward", (i, "backward"))
         if isinstance(layer, _Im2colConv):
-            timer.wrap_ops(layer, CONV_OPS, lambda part, i=i: (i, part))
+            timer.within(layer, "forward", i)
+            timer.within(layer, "backward", i)
             for part in CONV_PARTS:
-                if part not in CONV_OPS:
+                if part not in CONV_OPS and hasattr(layer, part):
                     timer.wrap(layer, part, (i, part))
     timer.wrap(opt, "step", "optimizer")
     step_times = []
@@ -149,10 +174,10 @@ def print_breakdown(name: str, r: dict, steps_per_epoch: int) -> None:
     print(f"\n{name}: step median {r['step_ms_median']:.1f} ms (min {r['step_ms_min']:.1f}), "
           f"epoch estimate {r['epoch_s_estimate']:.1f} s ({steps_per_epoch} steps)")
     print(f"  {'layer':<10} {'forward ms':>10} {'backward ms':>11}   conv parts (ms): "
-          f"{'  '.join(f'{v:>7}' for v in PART_NAMES.values())}")
+          f"{'  '.join(f'{v:>9}' for v in PART_NAMES.values())}")
     for row in r["layers"]:
         parts = row.get("parts_ms")
-        extra = "  ".join(f"{v:7.2f}" for v in parts.values()) if parts else ""
+        extra = "  ".join(f"{v:9.2f}" for v in parts.values()) if parts else ""
         kind = row["repr"].split("(")[0]
         print(f"  {row['layer']:<10} {row['forward_ms']:10.2f} {row['backward_ms']:11.2f}   "
               f"{kind:<16}{extra}")

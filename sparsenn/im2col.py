@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from sparsenn.kernels import _sddmm_rows, _spmm_rows16
+
 _JIT = dict(parallel=True, fastmath=True, cache=True)
 
 
@@ -192,6 +194,219 @@ def col2im_ref(cols, C, H, W, B, kh, kw, sh, sw, ph, pw, out_h, out_w):
         for j in range(kw):
             dxp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] += c6[:, i, j]
     return np.ascontiguousarray(dxp[:, ph:ph + H, pw:pw + W, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# A sparse convolution patch by patch: im2col's product without the patch matrix
+# ---------------------------------------------------------------------------------------------
+#
+# The patch matrix of a convolution is large: LeNet-5's conv2 (20 channels of 14 x 14, 5 x 5
+# windows, batch 100) makes cols (500, 19,600), 39 MB, written by im2col and read by each of
+# the three products of a step from memory. Column block (oh, ow) of cols, its ``batch``
+# columns, is one window position's patch, ``(C*kh*kw, batch)``: 200 KB there, which stays in
+# a core's L2 while the sparse products use it at once, and the input it is copied from
+# (1.6 MB) stays in the caches. So for float32 batches of 16 to 143 columns (the explicit-vector
+# kernels of sparsenn.kernels) the sparse convolution runs one window position at a time:
+#
+#   forward:   patch = cols[:, p]  ->  y[:, p] = W patch + b
+#   backward:  dW += dy[:, p] patch^T at the stored entries (SDDMM),
+#              dpatch = W^T dy[:, p]  ->  dx += col2im of that block alone
+#
+# with the positions split over the threads, each with its own patch buffer and (backward) its
+# own partial dW and dx, summed at the end. The same sums as im2col -> spmm / sddmm / spmm with
+# the transpose index -> col2im, taken in another order (float32 rounding apart).
+# Measured: docs/kernels.md, "Convolutions patch by patch".
+
+
+@njit(inline="always")
+def _patch(x, kh, kw, sh, sw, ph, pw, oh, ow, buf):
+    """buf[(c,i,j)] = x[c, oh*sh - ph + i, ow*sw - pw + j] (0 outside x): the columns of
+    window position (oh, ow) in im2col's cols. x[C, H, W, B], buf[C*kh*kw, B]: overwritten."""
+    C, H, W, B = x.shape
+    for c in range(C):
+        for i in range(kh):
+            ih = oh * sh - ph + i
+            for j in range(kw):
+                iw = ow * sw - pw + j
+                d = buf[(c * kh + i) * kw + j]
+                if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                    for b in range(B):
+                        d[b] = 0.0
+                else:
+                    s = x[c, ih, iw]
+                    for b in range(B):
+                        d[b] = s[b]
+
+
+@njit(inline="always")
+def _unpatch_add(dbuf, kh, kw, sh, sw, ph, pw, oh, ow, dx):
+    """dx[c, oh*sh - ph + i, ow*sw - pw + j] += dbuf[(c,i,j)] where that pixel is inside dx:
+    :func:`col2im` of one window position's columns, added. dbuf[C*kh*kw, B], dx[C, H, W, B]."""
+    C, H, W, B = dx.shape
+    for c in range(C):
+        for i in range(kh):
+            ih = oh * sh - ph + i
+            if ih < 0 or ih >= H:
+                continue
+            for j in range(kw):
+                iw = ow * sw - pw + j
+                if iw < 0 or iw >= W:
+                    continue
+                d = dx[c, ih, iw]
+                s = dbuf[(c * kh + i) * kw + j]
+                for b in range(B):
+                    d[b] += s[b]
+
+
+def _sparse_conv_forward_kernel(NV):
+    """The compiled forward for batches of 16 NV to 16 NV + 15 columns (NV a closure constant,
+    as sparsenn.kernels._spmm_vector_kernel)."""
+
+    @njit(**_JIT)
+    def kernel(x, kh, kw, sh, sw, ph, pw, out_w, indptr, indices, data, bias, out, bounds, bufs, outs):
+        B = x.shape[3]
+        n_out = out.shape[0]
+        for t in prange(len(bounds) - 1):
+            buf, ob = bufs[t], outs[t]
+            for p in range(bounds[t], bounds[t + 1]):
+                _patch(x, kh, kw, sh, sw, ph, pw, p // out_w, p % out_w, buf)
+                _spmm_rows16(indptr, indices, data, None, bias, None, buf, ob, 0, n_out, NV, None)
+                for r in range(n_out):
+                    d = out[r, p * B:(p + 1) * B]
+                    s = ob[r]
+                    for b in range(B):
+                        d[b] = s[b]
+
+    return kernel
+
+
+def _sparse_conv_backward_kernel(NV):
+    """The compiled backward for batches of 16 NV to 16 NV + 15 columns."""
+
+    @njit(**_JIT)
+    def kernel(x, kh, kw, sh, sw, ph, pw, out_w, indptr, indices, t_indptr, t_rows, t_perm, data, dy, dw,
+               need_dx, dx, bounds, bufs, dys, dws, dxs):
+        B = x.shape[3]
+        n_out, K, nnz = dy.shape[0], bufs.shape[1], dw.shape[0]
+        for t in prange(len(bounds) - 1):
+            buf, dyb, part, dxt = bufs[t], dys[t], dws[t], dxs[t]
+            acc = part[1]
+            for k in range(nnz):
+                acc[k] = 0.0
+            if need_dx:
+                flat = dxt.reshape(dxt.size)
+                for q in range(flat.shape[0]):
+                    flat[q] = 0.0
+            for p in range(bounds[t], bounds[t + 1]):
+                oh, ow = p // out_w, p % out_w
+                for r in range(n_out):  # dy[:, p] as a contiguous (C_out, B) block
+                    d = dyb[r]
+                    s = dy[r, p * B:(p + 1) * B]
+                    for b in range(B):
+                        d[b] = s[b]
+                _patch(x, kh, kw, sh, sw, ph, pw, oh, ow, buf)
+                _sddmm_rows(indptr, indices, dyb, buf, part[0], 0, n_out, None, NV, 8, None)
+                for k in range(nnz):
+                    acc[k] += part[0, k]
+                if need_dx:  # the patch is no longer needed: its buffer takes W^T dy[:, p]
+                    _spmm_rows16(t_indptr, t_rows, data, t_perm, None, None, dyb, buf, 0, K, NV, None)
+                    _unpatch_add(buf, kh, kw, sh, sw, ph, pw, oh, ow, dxt)
+        for k in prange(nnz):
+            s = dws[0, 1, k]
+            for t in range(1, dws.shape[0]):
+                s += dws[t, 1, k]
+            dw[k] = s
+        if need_dx:
+            C, H, W = dx.shape[0], dx.shape[1], dx.shape[2]
+            for q in prange(C * H):
+                c, ih = q // H, q % H
+                d = dx[c, ih].reshape(W * B)
+                s0 = dxs[0, c, ih].reshape(W * B)
+                for u in range(W * B):
+                    d[u] = s0[u]
+                for t in range(1, dxs.shape[0]):
+                    st = dxs[t, c, ih].reshape(W * B)
+                    for u in range(W * B):
+                        d[u] += st[u]
+
+    return kernel
+
+
+_SPARSE_CONV_FORWARD = (None,) + tuple(_sparse_conv_forward_kernel(nv) for nv in range(1, 9))  # by batch // 16
+_SPARSE_CONV_BACKWARD = (None,) + tuple(_sparse_conv_backward_kernel(nv) for nv in range(1, 9))
+
+
+def patchwise(x, data) -> bool:
+    """Whether :func:`sparse_conv_forward` / :func:`sparse_conv_backward` take this input
+    ``x[C, H, W, B]`` and these weights: float32, C-contiguous, 16 <= B <= 143."""
+    return (x.dtype == np.float32 and data.dtype == np.float32 and x.ndim == 4 and 16 <= x.shape[3] <= 143
+            and x.flags.c_contiguous)
+
+
+def _positions(out_h: int, out_w: int, n_parts: int) -> np.ndarray:
+    """bounds[n_parts+1]: the window positions 0 .. out_h*out_w cut into n_parts equal runs."""
+    return np.linspace(0, out_h * out_w, n_parts + 1).astype(np.int64)
+
+
+def _scratch(scratch: dict, name: str, shape: tuple) -> np.ndarray:
+    """A float32 work array kept in ``scratch`` between calls (reallocated when its shape changes)."""
+    a = scratch.get(name)
+    if a is None or a.shape != shape:
+        a = scratch[name] = np.empty(shape, np.float32)
+    return a
+
+
+def sparse_conv_forward(x, kh, kw, sh, sw, ph, pw, out_h, out_w, indptr, indices, data, bias, out, n_parts: int,
+                        scratch=None):
+    """out = W @ im2col(x) (+ bias[:, None]) for CSR ``W`` (indptr, indices, data) of shape
+    (C_out, C*kh*kw), one window position at a time (see above): no patch matrix.
+
+    x[C, H, W, B] float32, C-contiguous, 16 <= B <= 143 (:func:`patchwise`).
+    out[C_out, out_h*out_w*B]: overwritten.  bias[C_out] or None.  n_parts: threads to use.
+    scratch (a dict, optional): work arrays kept between calls, per part a patch (C*kh*kw, B)
+    and an output block (C_out, B).
+    """
+    scratch = {} if scratch is None else scratch
+    B = x.shape[3]
+    bufs = _scratch(scratch, "patches", (n_parts, x.shape[0] * kh * kw, B))
+    outs = _scratch(scratch, "output blocks", (n_parts, out.shape[0], B))
+    _SPARSE_CONV_FORWARD[B // 16](x, kh, kw, sh, sw, ph, pw, out_w, indptr, indices, data, bias, out,
+                                  _positions(out_h, out_w, n_parts), bufs, outs)
+
+
+def sparse_conv_backward(x, kh, kw, sh, sw, ph, pw, out_h, out_w, indptr, indices, t_indptr, t_rows, t_perm,
+                         data, dy, dw, dx, n_parts: int, scratch=None):
+    """The gradients of :func:`sparse_conv_forward`, one window position at a time:
+    dW[k] = sum over positions p of dy[row_k, p] . patch_p[col_k] (the stored entries only),
+    dx = col2im(W^T dy), each position's W^T dy[:, p] added into dx as it is made.
+
+    x: the forward's input.  dy[C_out, out_h*out_w*B] C-contiguous.  dw[nnz]: overwritten.
+    dx[C, H, W, B]: overwritten, or None (the first layer: no input gradient).
+    t_indptr, t_rows, t_perm: W's transpose index (sparsenn.csr.transpose_index).
+    scratch (optional): per part a patch, a block of dy, two (nnz,) arrays and, with dx, a
+    dx-sized partial sum.
+    """
+    scratch = {} if scratch is None else scratch
+    B = x.shape[3]
+    need_dx = dx is not None
+    bufs = _scratch(scratch, "patches", (n_parts, x.shape[0] * kh * kw, B))
+    dys = _scratch(scratch, "dy blocks", (n_parts, dy.shape[0], B))
+    dws = _scratch(scratch, "dW sums", (n_parts, 2, dw.shape[0]))
+    dxs = _scratch(scratch, "dx sums", (n_parts,) + x.shape if need_dx else (n_parts, 0, 0, 0, B))
+    _SPARSE_CONV_BACKWARD[B // 16](x, kh, kw, sh, sw, ph, pw, out_w, indptr, indices, t_indptr, t_rows, t_perm,
+                                   data, dy, dw, need_dx, dx if need_dx else dxs[0], _positions(out_h, out_w, n_parts),
+                                   bufs, dys, dws, dxs)
+
+
+def sparse_conv_ref(x, kh, kw, sh, sw, ph, pw, out_h, out_w, w_dense, bias, dy):
+    """NumPy twin of the two above: (y, dW, dx) through the patch matrix, dense: y = W cols + b,
+    dW = (dy cols^T) at W's nonzeros, dx = col2im(W^T dy). w_dense: (C_out, C*kh*kw)."""
+    C, H, W, B = x.shape
+    cols = im2col_ref(x, kh, kw, sh, sw, ph, pw, out_h, out_w)
+    y = w_dense @ cols + (0 if bias is None else bias[:, None])
+    dw = np.where(w_dense != 0, dy @ cols.T, 0)
+    dx = col2im_ref(w_dense.T @ dy, C, H, W, B, kh, kw, sh, sw, ph, pw, out_h, out_w)
+    return y, dw, dx
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from sparsenn.im2col import (
     maxpool_backward_ref,
     maxpool_forward,
     maxpool_forward_ref,
+    sparse_conv_backward,
+    sparse_conv_forward,
+    sparse_conv_ref,
 )
 from sparsenn.layers import Linear, ReLU, Sequential, SparseLinear
 from sparsenn.loss import SoftmaxCrossEntropy
@@ -191,6 +194,96 @@ def test_full_mask_sparse_conv_equals_dense(rng, batch, stride, padding):
     np.testing.assert_allclose(sparse.backward(dy), dense.backward(dy), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sparse.weight.grad, dense.weight.grad.ravel(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(sparse.bias.grad, dense.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+# ---- SparseConv2d one window position at a time (float32, batches of 16 to 143) -------------
+
+# (C, H, W, batch, kh, kw, sh, sw, padding, density, parts): LeNet-5's conv2, strides, every
+# padding kind, batch tails of 0, 1 and 15 columns, whole windows of zeros, more parts than rows
+PATCHWISE = [
+    (20, 14, 14, 100, 5, 5, 1, 1, "same", 0.1, 2),
+    (3, 9, 7, 16, 3, 3, 2, 2, "valid", 0.5, 3),
+    (3, 9, 7, 143, 3, 2, 2, 3, (1, 2), 0.3, 1),
+    (2, 5, 5, 33, 5, 5, 1, 1, "same", 0.9, 4),
+    (1, 6, 5, 17, 5, 5, 1, 1, 3, 0.7, 2),
+]
+
+
+def _patchwise_case(rng, g):
+    C, H, W, B, kh, kw, sh, sw, pad, density, parts = g
+    geom = _geom(C, H, W, B, kh, kw, sh, sw, pad)
+    c_out = 6 if C < 20 else 50
+    mask = random_mask(rng, c_out, C * kh * kw, density, empty_rows=(1,))  # a filter with no weights
+    x = rng.standard_normal((C, H, W, B)).astype(np.float32)
+    dy = rng.standard_normal((c_out, geom[6] * geom[7] * B)).astype(np.float32)
+    return geom, mask, x, dy, parts
+
+
+@pytest.mark.parametrize("g", PATCHWISE)
+@pytest.mark.parametrize("with_bias,need_dx", [(True, True), (False, False)])
+def test_patchwise_sparse_conv_kernels_equal_their_twin(rng, g, with_bias, need_dx):
+    geom, mask, x, dy, parts = _patchwise_case(rng, g)
+    layer = SparseConv2d(x.shape[0], mask.shape[0], geom[:2], mask, rng)  # for its pattern and weights
+    pat, w = layer.pattern, layer.weight.value
+    bias = rng.standard_normal(mask.shape[0]).astype(np.float32) if with_bias else None
+    y = np.full(dy.shape, np.nan, np.float32)  # every entry must be written
+    sparse_conv_forward(x, *geom, pat.indptr, pat.indices, w, bias, y, parts)
+    dw = np.full(pat.nnz, np.nan, np.float32)
+    dx = np.full(x.shape, np.nan, np.float32) if need_dx else None
+    sparse_conv_backward(x, *geom, pat.indptr, pat.indices, pat.t_indptr, pat.t_rows, pat.t_perm, w, dy, dw, dx,
+                         parts)
+    dense = layer.to_dense().astype(np.float64)
+    y_ref, dw_ref, dx_ref = sparse_conv_ref(x.astype(np.float64), *geom, dense,
+                                            None if bias is None else bias.astype(np.float64), dy.astype(np.float64))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+    rows = np.repeat(np.arange(mask.shape[0]), np.diff(pat.indptr))
+    np.testing.assert_allclose(dw, dw_ref[rows, pat.indices], rtol=1e-5, atol=1e-5 * np.abs(dw_ref).max())
+    if need_dx:
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5 * np.abs(dx_ref).max())
+
+
+@pytest.mark.parametrize("g", PATCHWISE)
+def test_sparse_conv2d_patchwise_equals_the_patch_matrix(rng, g):
+    """The layer's patch-by-patch path against its im2col path (``patchwise = False``), over two
+    steps (buffers reused) and as a first layer (flat input, no input gradient)."""
+    geom, mask, x, dy, _ = _patchwise_case(rng, g)
+    C, H, W, B = x.shape
+    kw = dict(stride=geom[2:4], padding=g[8])
+    a = SparseConv2d(C, mask.shape[0], geom[:2], mask, rng, **kw)
+    b = SparseConv2d(C, mask.shape[0], geom[:2], mask, rng, **kw)
+    b.patchwise = False
+    b.weight.value[:] = a.weight.value
+    b.bias.value[:] = a.bias.value
+    for step in range(2):
+        xs = x if step == 0 else rng.standard_normal(x.shape).astype(np.float32)
+        ya = a.forward(xs)
+        yb = b.forward(xs)
+        assert a._x4 is not None and b._x4 is None  # a went patch by patch, b through the patch matrix
+        np.testing.assert_allclose(ya, yb, rtol=1e-5, atol=1e-5 * np.abs(yb).max())
+        dya = (dy if step == 0 else rng.standard_normal(dy.shape).astype(np.float32)).reshape(ya.shape)
+        np.testing.assert_allclose(a.backward(dya), b.backward(dya), rtol=1e-4, atol=1e-5 * np.abs(dya).max())
+        for pa, pb in ((a.weight, b.weight), (a.bias, b.bias)):
+            np.testing.assert_allclose(pa.grad, pb.grad, rtol=1e-4, atol=1e-5 * np.abs(pb.grad).max())
+    # the first layer of a model: a flat (C*H*W, batch) input, and no input gradient
+    first = [SparseConv2d(C, mask.shape[0], geom[:2], mask, rng, input_shape=(C, H, W), **kw) for _ in range(2)]
+    first[1].patchwise = False
+    first[1].weight.value[:] = first[0].weight.value
+    first[1].bias.value[:] = first[0].bias.value
+    flat = x.reshape(C * H * W, B)
+    outs = [layer.forward(flat) for layer in first]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5 * np.abs(outs[1]).max())
+    assert [layer.backward(dy.reshape(outs[0].shape), need_dx=False) for layer in first] == [None, None]
+    np.testing.assert_allclose(first[0].weight.grad, first[1].weight.grad, rtol=1e-4,
+                               atol=1e-5 * np.abs(first[1].weight.grad).max())
+
+
+def test_patchwise_is_taken_only_where_its_kernels_run(rng):
+    mask = random_mask(rng, 4, 2 * 9, 0.5)
+    for batch, dtype, taken in ((100, np.float32, True), (16, np.float32, True), (15, np.float32, False),
+                                (144, np.float32, False), (100, np.float64, False)):
+        layer = SparseConv2d(2, 4, 3, mask, rng, padding="same", dtype=dtype)
+        layer.forward(rng.standard_normal((2, 6, 6, batch)).astype(dtype))
+        assert (layer._x4 is not None) == taken, (batch, dtype)
 
 
 def test_sparse_conv_prunes_like_sparse_linear(rng):

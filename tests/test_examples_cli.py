@@ -170,18 +170,21 @@ def test_benchmark_scripts_refuse_bad_arguments_in_one_line(script, args, match)
 
 
 def test_bench_lenet5_times_every_part_of_a_convolution(tmp_path):
-    """A short run of the LeNet-5 benchmark: its per-part breakdown reaches the convolutions'
-    im2col and col2im (calls into the layer's backend) as well as their products."""
+    """A short run of the LeNet-5 benchmark: its per-part breakdown reaches the dense
+    convolution's im2col (a call into the backend) and products, and the sparse convolution's
+    patch-by-patch passes, which it runs on the CPU at batch 100."""
     out = tmp_path / "bench.json"
     proc = no_traceback(run("bench_lenet5.py", "--topologies", "random", "--steps", "2", "--warmup", "1",
                             "--json", out, timeout=300))
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(out.read_text())["quick"]["random"]
-    convs = [row for row in rec["layers"] if "parts_ms" in row]
-    assert [row["layer"] for row in convs] == ["conv1", "conv2"]
-    for row in convs:
-        assert set(row["parts_ms"]) == {"im2col", "W@cols", "dW", "W^T dy", "col2im"}
-        assert row["parts_ms"]["im2col"] > 0 and row["parts_ms"]["W@cols"] > 0 and row["parts_ms"]["dW"] > 0
-    # conv1 is the first layer: no input gradient, so no W^T dy and no col2im; conv2 has both
-    assert convs[0]["parts_ms"]["col2im"] == 0 and convs[1]["parts_ms"]["col2im"] > 0
-    assert convs[1]["parts_ms"]["W^T dy"] > 0
+    conv1, conv2 = [row for row in rec["layers"] if "parts_ms" in row]
+    assert (conv1["layer"], conv2["layer"]) == ("conv1", "conv2")
+    names = {"im2col", "W@cols", "dW", "W^T dy", "col2im", "by patch", "bwd patch"}
+    assert set(conv1["parts_ms"]) == set(conv2["parts_ms"]) == names
+    # conv1 (dense, the first layer): im2col and two products, no input gradient, no col2im
+    assert all(conv1["parts_ms"][k] > 0 for k in ("im2col", "W@cols", "dW"))
+    assert conv1["parts_ms"]["W^T dy"] == conv1["parts_ms"]["col2im"] == 0
+    # conv2 (sparse): patch by patch, so no patch matrix: the five parts of the other path are 0
+    assert conv2["parts_ms"]["by patch"] > 0 and conv2["parts_ms"]["bwd patch"] > 0
+    assert all(conv2["parts_ms"][k] == 0 for k in ("im2col", "W@cols", "dW", "W^T dy", "col2im"))
