@@ -88,10 +88,10 @@ class Timer:
 
         setattr(obj, method, timed)  # an instance attribute: the class is untouched
 
-    def wrap_ops(self, names, key_of):
+    def wrap_ops(self, names):
         """Time the calls to the CPU backend's functions ``names`` (``sparsenn.backend_cpu``,
         replaced in the module for this process: layers look them up at each call), each filed
-        under ``key_of(name)`` for the layer running at the time (``self.layer``, which the
+        under ``(layer, name)`` for the layer running at the time (``self.layer``, which the
         wrapped forward and backward of each convolution set). The layers keep the backend
         module itself, so what they do on it (``ops is backend_cpu``) is what they do in training."""
         for name in names:
@@ -100,7 +100,7 @@ class Timer:
             def timed(*a, _inner=inner, _name=name, **k):
                 t0 = time.perf_counter()
                 out = _inner(*a, **k)
-                self.current[key_of(self.layer, _name)] += time.perf_counter() - t0
+                self.current[self.layer, _name] += time.perf_counter() - t0
                 return out
 
             setattr(backend_cpu, name, timed)
@@ -136,7 +136,7 @@ def bench_steps(model, args) -> dict:
     opt = SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss = SoftmaxCrossEntropy()
     timer = Timer()
-    timer.wrap_ops(CONV_OPS, lambda i, part: (i, part))
+    timer.wrap_ops(CONV_OPS)
     for i, layer in enumerate(model.layers):
         timer.wrap(layer, "forward", (i, "forward"))
         timer.wrap(layer, "backward", (i, "backward"))

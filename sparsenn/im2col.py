@@ -343,9 +343,13 @@ def patchwise(x, data) -> bool:
             and x.flags.c_contiguous)
 
 
-def _positions(out_h: int, out_w: int, n_parts: int) -> np.ndarray:
-    """bounds[n_parts+1]: the window positions 0 .. out_h*out_w cut into n_parts equal runs."""
-    return np.linspace(0, out_h * out_w, n_parts + 1).astype(np.int64)
+def _positions(scratch: dict, out_h: int, out_w: int, n_parts: int) -> np.ndarray:
+    """bounds[n_parts+1]: the window positions 0 .. out_h*out_w cut into n_parts equal runs,
+    kept in ``scratch`` (computed again only when the geometry or the thread count changes)."""
+    key = ("positions", out_h, out_w, n_parts)
+    if key not in scratch:
+        scratch[key] = np.linspace(0, out_h * out_w, n_parts + 1).astype(np.int64)
+    return scratch[key]
 
 
 def _scratch(scratch: dict, name: str, shape: tuple) -> np.ndarray:
@@ -371,7 +375,7 @@ def sparse_conv_forward(x, kh, kw, sh, sw, ph, pw, out_h, out_w, indptr, indices
     bufs = _scratch(scratch, "patches", (n_parts, x.shape[0] * kh * kw, B))
     outs = _scratch(scratch, "output blocks", (n_parts, out.shape[0], B))
     _SPARSE_CONV_FORWARD[B // 16](x, kh, kw, sh, sw, ph, pw, out_w, indptr, indices, data, bias, out,
-                                  _positions(out_h, out_w, n_parts), bufs, outs)
+                                  _positions(scratch, out_h, out_w, n_parts), bufs, outs)
 
 
 def sparse_conv_backward(x, kh, kw, sh, sw, ph, pw, out_h, out_w, indptr, indices, t_indptr, t_rows, t_perm,
@@ -394,17 +398,18 @@ def sparse_conv_backward(x, kh, kw, sh, sw, ph, pw, out_h, out_w, indptr, indice
     dws = _scratch(scratch, "dW sums", (n_parts, 2, dw.shape[0]))
     dxs = _scratch(scratch, "dx sums", (n_parts,) + x.shape if need_dx else (n_parts, 0, 0, 0, B))
     _SPARSE_CONV_BACKWARD[B // 16](x, kh, kw, sh, sw, ph, pw, out_w, indptr, indices, t_indptr, t_rows, t_perm,
-                                   data, dy, dw, need_dx, dx if need_dx else dxs[0], _positions(out_h, out_w, n_parts),
+                                   data, dy, dw, need_dx, dx if need_dx else dxs[0], _positions(scratch, out_h, out_w, n_parts),
                                    bufs, dys, dws, dxs)
 
 
 def sparse_conv_ref(x, kh, kw, sh, sw, ph, pw, out_h, out_w, w_dense, bias, dy):
     """NumPy twin of the two above: (y, dW, dx) through the patch matrix, dense: y = W cols + b,
-    dW = (dy cols^T) at W's nonzeros, dx = col2im(W^T dy). w_dense: (C_out, C*kh*kw)."""
+    dW = dy cols^T (every entry: the kernels' dw is this at W's stored entries),
+    dx = col2im(W^T dy). w_dense: (C_out, C*kh*kw), zero where W stores nothing."""
     C, H, W, B = x.shape
     cols = im2col_ref(x, kh, kw, sh, sw, ph, pw, out_h, out_w)
     y = w_dense @ cols + (0 if bias is None else bias[:, None])
-    dw = np.where(w_dense != 0, dy @ cols.T, 0)
+    dw = dy @ cols.T
     dx = col2im_ref(w_dense.T @ dy, C, H, W, B, kh, kw, sh, sw, ph, pw, out_h, out_w)
     return y, dw, dx
 
