@@ -41,3 +41,6 @@ python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --
 #    (the default since then), run there as: mpi_pairs _host3
 # 6. the *_host4 files: part 2 on the host of the next 2026-12-02 session (an AMD EPYC, Zen 4 /
 #    znver4, one core copying 13-21 GB/s), the code unchanged since part 5, run there as: mpi_pairs _host4
+# 7. the *_host5 files: part 2 on the host of the third 2026-12-02 session (an AMD EPYC, Zen 5 /
+#    znver5, one core copying 31-36 GB/s, slower than the host of part 2), the code's MLP path
+#    unchanged since part 5, background jobs paused, run there as: mpi_pairs _host5
