@@ -248,7 +248,18 @@ def train(model, arrays, cfg, seed, callbacks=(), eval_every=0):
     """SGD (Nesterov when momentum > 0) over cfg['total_steps'] on cfg's schedule (cosine:
     with cfg['warmup'] steps of warm-up, at most a tenth of the run). Returns (fit's summary,
     optimiser). Under MPI, data-parallel: the pruning callbacks see the same weights on every
-    rank. eval_every: also evaluate every that many steps (the summary's history)."""
+    rank. eval_every: also evaluate every that many steps (the summary's history).
+
+    cfg['checkpoint'] (optional, set by reproduce.py for one run): a path stem. The n-th
+    training of the run without callbacks or eval_every (which a checkpoint would not carry:
+    a pruning schedule's state, the history of evaluations) writes a checkpoint at every epoch
+    end to ``<stem>-<n>.npz``, resumes from it if a killed run left one, and removes it once
+    done. The n-th training of a re-run is the n-th of the killed run: a run is deterministic.
+    A resumed training's summary counts the resumed part only (epoch_seconds)."""
+    ckpt = None
+    if cfg.get("checkpoint") and not callbacks and not eval_every:
+        cfg["checkpoint_calls"] = cfg.get("checkpoint_calls", 0) + 1
+        ckpt = f"{cfg['checkpoint']}-{cfg['checkpoint_calls']}.npz"
     opt = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0,
               weight_decay=cfg["weight_decay"])
     total = cfg["total_steps"]
@@ -260,8 +271,11 @@ def train(model, arrays, cfg, seed, callbacks=(), eval_every=0):
         callbacks = [crops, *callbacks]
     summary = fit(model, arrays, opt, schedule, steps=total, batch_size=cfg["batch_size"], seed=seed,
                   callbacks=callbacks, progress=cfg["progress"], eval_every=eval_every,
-                  log=print if cfg["verbose"] else (lambda *a: None),
+                  log=print if cfg["verbose"] else (lambda *a: None), save_path=ckpt,
+                  resume=ckpt if ckpt and os.path.exists(ckpt) else None,
                   parallel=distributed.DataParallel(COMM, model) if COMM is not None else None)
+    if ckpt and os.path.exists(ckpt) and (COMM is None or COMM.Get_rank() == 0):
+        os.remove(ckpt)  # this training is done: a re-run of the run must not resume it
     return summary, opt
 
 

@@ -27,7 +27,9 @@ defaults), or both. The training is examples/prune_retrain.py's (its functions a
 Writes under --out (default examples/results/paper/): runs.jsonl, one line per record, appended
 as each run finishes (the store: a killed run keeps what finished, and a rerun skips every run
 whose full configuration is already there, so a long table can be run in pieces, and two
-invocations with disjoint runs, one per recipe say, can fill it at once); then per
+invocations with disjoint runs, one per recipe say, can fill it at once); models/, the dense
+models the pruning runs start from, and each running run's checkpoint at its last epoch end
+(a run killed part-way resumes from it, not from step 0; ``prune_retrain.train``); then per
 table, table_X.md (ours beside the 2019 value for every cell), table_X.json (the records, each
 with table, model, dataset, recipe, method/topology, stage, sparsity/f, seed, test_acc as a
 fraction), table_X.csv (the cells) and table_X.png (needs matplotlib); ablation.*; curves.*.
@@ -38,6 +40,7 @@ CIFAR-10 cells run when the data is present (else they say so).
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import importlib.util
 import json
@@ -50,7 +53,7 @@ from collections import namedtuple
 import numpy as np
 
 import sparsenn  # noqa: F401  (configures the thread pools before any kernel runs)
-from sparsenn import cli, data, recipes
+from sparsenn import checkpoint, cli, data, recipes
 from sparsenn.models import lenet300, lenet5
 from sparsenn.train import TrainingDiverged, model_nnz
 
@@ -141,7 +144,7 @@ def parse_args(argv=None):
 # ---- the store of finished runs ------------------------------------------------------------
 # keys of prune_retrain's configuration that do not change what a run computes
 NOT_RUN_KEYS = {"json", "csv", "speed", "gradual_log", "save_dir", "plot", "verbose", "progress", "data_dir",
-                "seeds", "first_seed", "sparsities", "methods", "no_rewind"}
+                "seeds", "first_seed", "sparsities", "methods", "no_rewind", "checkpoint", "checkpoint_calls"}
 
 
 def run_key(kind: str, cfg: dict, seed: int, **params) -> str:
@@ -251,7 +254,9 @@ class Study:
             with np.load(path) as saved:
                 for i, p in enumerate(model.parameters()):
                     p.value[...] = saved[f"arr_{i}"]
-        else:
+        else:  # checkpointed under the dense run's own key, whichever run trains it
+            cfg = {k: v for k, v in cfg.items() if k != "checkpoint_calls"}
+            cfg = {**cfg, "checkpoint": self.checkpoints(key)} if "checkpoint" in cfg else cfg
             model, _, rec = prune_retrain.train_dense(seed, self.arrays(cfg), cfg, say=lambda m: None)
             os.makedirs(self.models_dir, exist_ok=True)
             tmp = os.path.join(self.models_dir, f"{key}.tmp-{os.getpid()}.npz")
@@ -268,8 +273,17 @@ class Study:
         return {"model": model, "dataset": prune_retrain.MODELS[model]["dataset"], "recipe": cfg["recipe"],
                 "run": kind, **rec, **extra}
 
-    def execute(self, kind, cfg, seed, params):
-        """Run one thing and return its records (a diverged run: one record saying so)."""
+    def checkpoints(self, key) -> str:
+        """The path stem of a run's checkpoints (``prune_retrain.train``, cfg['checkpoint'])."""
+        return os.path.join(self.models_dir, f"{key}.checkpoint")
+
+    def execute(self, kind, cfg, seed, params, key=None):
+        """Run one thing and return its records (a diverged run: one record saying so).
+        key: the run's key; its trainings then checkpoint at every epoch end, and a run killed
+        part-way resumes from its last checkpoint (``prune_retrain.train``)."""
+        if key is not None:
+            os.makedirs(self.models_dir, exist_ok=True)
+            cfg = {**cfg, "checkpoint": self.checkpoints(key)}  # this run's own copy
         arrays, say = self.arrays(cfg), (lambda m: None)
         try:
             if kind == "dense":
@@ -629,9 +643,15 @@ def main(argv=None) -> int:
             cost_left -= cost
             continue
         t0 = time.perf_counter()
-        records = study.execute(kind, cfg, seed, params)
+        left = sorted(glob.glob(study.checkpoints(key) + "-*.npz"))
+        if left:
+            print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {left[-1]} "
+                  f"(step {checkpoint.read_checkpoint(left[-1])['step']})", flush=True)
+        records = study.execute(kind, cfg, seed, params, key)
         if records is not None:
             study.store.add(key, records)
+        for path in glob.glob(study.checkpoints(key) + "-*.npz"):  # a diverged training's, say
+            os.remove(path)
         records = study.store.by_key[key]
         cost_done, cost_left = cost_done + cost, cost_left - cost
         elapsed = time.perf_counter() - t_start

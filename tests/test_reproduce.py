@@ -255,6 +255,57 @@ def test_reproduce_quick_writes_tables_and_skips_finished_runs(tmp_path, capsys,
     assert "1 to do" in capsys.readouterr().out
 
 
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path, capsys, real_data,
+                                                                              monkeypatch):
+    """Runs take up to an hour each: one killed part-way (here: an exception after the first
+    epoch's checkpoint, in the dense training of table (a)) resumes from its last epoch end when
+    the command is run again, and stores exactly the records of a run never stopped."""
+    argv = ["--table", "a", "--models", "lenet300", "--recipe", "paper", "--quick", "--seeds", "1"]
+    assert reproduce.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+    real_fit = reproduce.prune_retrain.fit
+
+    class Killed(Exception):
+        pass
+
+    class KillAt:
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, step, model, optimizer):
+            if step == self.step:
+                raise Killed
+
+    def fit_then_killed(model, data, *args, **kw):
+        spe = -(-len(data.x_train) // kw["batch_size"])  # steps per epoch: killed 2 steps after the first end
+        return real_fit(model, data, *args, **{**kw, "callbacks": [*kw["callbacks"], KillAt(spe + 2)]})
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(reproduce.prune_retrain, "fit", fit_then_killed)
+    with pytest.raises(Killed):
+        reproduce.main(argv + ["--out", str(out)])
+    assert len(list((out / "models").glob("*.checkpoint-1.npz"))) == 1
+    assert not (out / "runs.jsonl").exists()
+    resumed = []
+
+    def fit_seen(*args, **kw):
+        resumed.append(kw["resume"])
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(reproduce.prune_retrain, "fit", fit_seen)
+    capsys.readouterr()
+    assert reproduce.main(argv + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming lenet300 paper dense seed 0 from" in printed, printed
+    assert len(resumed) == 1 and resumed[0].endswith(".checkpoint-1.npz")  # it continued, not restarted
+    assert not list((out / "models").glob("*.checkpoint*"))  # done: removed
+
+    def stored(path):
+        return sorted((r["key"], r["stage"], r["sparsity"], r["test_acc"], r["nnz"])
+                      for r in map(json.loads, open(path / "runs.jsonl")))
+
+    assert stored(out) == stored(tmp_path / "straight")  # 9 records: the dense run and 8 prunings
+
+
 def test_reproduce_run_keys_follow_the_full_configuration(tmp_path, real_data):
     args = reproduce.parse_args(["--table", "b", "--quick", "--out", str(tmp_path)])
     study = reproduce.Study(args)
