@@ -643,10 +643,10 @@ def main(argv=None) -> int:
             cost_left -= cost
             continue
         t0 = time.perf_counter()
-        left = sorted(glob.glob(study.checkpoints(key) + "-*.npz"))
-        if left:
-            print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {left[-1]} "
-                  f"(step {checkpoint.read_checkpoint(left[-1])['step']})", flush=True)
+        for stem in dict.fromkeys([study.checkpoints(key), study.checkpoints(run_key("dense", cfg, seed))]):
+            for path in sorted(glob.glob(stem + "-*.npz")):  # this run's, or its dense model's, killed part-way
+                print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {path} "
+                      f"(step {checkpoint.read_checkpoint(path)['step']})", flush=True)
         records = study.execute(kind, cfg, seed, params, key)
         if records is not None:
             study.store.add(key, records)
