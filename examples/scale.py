@@ -406,9 +406,12 @@ def study(args, comm=None) -> int:
             say(f"  torch   width {rec['widths'][0]:>7,}: dense {rec['connections']:>12,} weights  "
                 f"{rec['seconds_per_epoch']:8.1f} s/epoch (extrapolated from {rec['steps']} steps)")
         if args.json and rank0:  # written as the study goes: a stopped study keeps what finished
-            with open(args.json + ".tmp", "w") as f:
-                json.dump(records, f, indent=1)
-            os.replace(args.json + ".tmp", args.json)
+            try:
+                with open(args.json + ".tmp", "w") as f:
+                    json.dump(records, f, indent=1)
+                os.replace(args.json + ".tmp", args.json)
+            except OSError as e:  # checked writable at the start, and yet (a full disk, /proc as root)
+                raise OSError(f"--json {args.json}: cannot write the records ({e.strerror or e})") from None
 
     for width in sorted(args.widths):
         n_conn = connections(width, args.depth, args.fan_in)
@@ -461,7 +464,11 @@ def run(comm=None) -> int:
     if "--run" in sys.argv:
         return child(sys.argv[sys.argv.index("--run") + 1])
     args = parse_args(sys.argv[1:])
-    return study(args, comm)
+    try:
+        return study(args, comm)
+    except (data.DatasetNotFoundError, data.DatasetError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -124,3 +124,27 @@ def test_bad_settings_and_unbuildable_models_are_refused_before_any_training(arg
     assert "scale.py: error: " in proc.stderr and match in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "s/epoch" not in proc.stdout
+
+
+def test_a_records_file_that_cannot_be_written_is_an_error_naming_the_flag(tmp_path, monkeypatch, capsys):
+    """--json is checked before the study starts, but a write can still fail later (a full disk,
+    /proc as root): the study stops with an error naming --json and exit status 2, not a
+    traceback."""
+    import errno
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale_example", SCRIPT)
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    record = dict(impl="sparsenn", topology="radix", widths=[64, 64], connections=7424, seconds_per_epoch=0.4,
+                  extrapolated=False, peak_rss_bytes=1 << 28, test_acc=0.75)
+    monkeypatch.setattr(scale, "run_in_child", lambda cfg: dict(record))  # no model trained
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(scale.os, "replace", full_disk)
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--quick", "--no-torch", "--json", str(tmp_path / "s.json")])
+    assert scale.run() == 2
+    err = capsys.readouterr().err
+    assert f"error: --json {tmp_path / 's.json'}: cannot write the records (No space left on device)" in err, err
