@@ -102,6 +102,11 @@ def check_output_path(path, flag: str, kind: str = "file") -> None:
         raise ValueError(f"{flag} {path}: cannot be created, {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: cannot be created, {parent} is not writable")
+    try:  # os.access answers yes to root everywhere, also where nothing can be created (/proc, /sys)
+        with tempfile.TemporaryFile(dir=parent):  # gone again on closing: no name is left behind
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot be created in {parent} ({e.strerror or e})") from None
 
 
 def read_npz(path, what: str = "sparsenn file") -> dict:

@@ -94,3 +94,14 @@ def test_output_path_checks(tmp_path):
         ro.mkdir(mode=0o500)
         with pytest.raises(ValueError, match="not writable"):
             check_output_path(ro / "x.npz", "--save")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
+def test_output_path_where_nothing_can_be_created_is_refused_for_root_too(tmp_path):
+    """os.access says yes to root in /proc; the check tries to create (and at once drop) a
+    nameless file there instead, so a study cannot run for an hour and then fail to write."""
+    with pytest.raises(ValueError, match=r"--json /proc/x\.json: cannot be created"):
+        check_output_path("/proc/x.json", "--json")
+    before = sorted(os.listdir(tmp_path))
+    check_output_path(tmp_path / "x.json", "--json")
+    assert sorted(os.listdir(tmp_path)) == before  # the probe left nothing behind
