@@ -147,6 +147,11 @@ NOT_RUN_KEYS = {"json", "csv", "speed", "gradual_log", "save_dir", "plot", "verb
                 "seeds", "first_seed", "sparsities", "methods", "no_rewind", "checkpoint", "checkpoint_calls"}
 
 
+def left_checkpoints(stem: str) -> list:
+    """(path, step) of each checkpoint a killed run left under ``stem`` (``prune_retrain.train``)."""
+    return [(path, int(checkpoint.read_checkpoint(path)["step"])) for path in sorted(glob.glob(stem + "-*.npz"))]
+
+
 def run_key(kind: str, cfg: dict, seed: int, **params) -> str:
     """A run's identity: what it is (kind, seed, sparsity or f, ...) and its full configuration."""
     ident = {"run": kind, "seed": seed, **params, "cfg": {k: v for k, v in cfg.items() if k not in NOT_RUN_KEYS}}
@@ -254,10 +259,13 @@ class Study:
             with np.load(path) as saved:
                 for i, p in enumerate(model.parameters()):
                     p.value[...] = saved[f"arr_{i}"]
-        else:  # checkpointed under the dense run's own key, whichever run trains it
-            cfg = {k: v for k, v in cfg.items() if k != "checkpoint_calls"}
-            cfg = {**cfg, "checkpoint": self.checkpoints(key)} if "checkpoint" in cfg else cfg
+        else:
+            if "checkpoint" in cfg:  # under the dense run's own key, whichever run trains it
+                cfg = {**cfg, "checkpoint": self.checkpoints(key), "checkpoint_calls": 0}
+            resumed = left_checkpoints(cfg["checkpoint"]) if "checkpoint" in cfg else []
             model, _, rec = prune_retrain.train_dense(seed, self.arrays(cfg), cfg, say=lambda m: None)
+            if resumed:  # its seconds count the resumed part only
+                rec["resumed_from_steps"] = [step for _, step in resumed]
             os.makedirs(self.models_dir, exist_ok=True)
             tmp = os.path.join(self.models_dir, f"{key}.tmp-{os.getpid()}.npz")
             np.savez(tmp, *[p.host() for p in model.parameters()])
@@ -281,9 +289,11 @@ class Study:
         """Run one thing and return its records (a diverged run: one record saying so).
         key: the run's key; its trainings then checkpoint at every epoch end, and a run killed
         part-way resumes from its last checkpoint (``prune_retrain.train``)."""
+        resumed = []
         if key is not None:
             os.makedirs(self.models_dir, exist_ok=True)
             cfg = {**cfg, "checkpoint": self.checkpoints(key)}  # this run's own copy
+            resumed = [step for _, step in left_checkpoints(cfg["checkpoint"])]
         arrays, say = self.arrays(cfg), (lambda m: None)
         try:
             if kind == "dense":
@@ -306,7 +316,8 @@ class Study:
         except TrainingDiverged as e:
             return [self.describe({"seed": seed, "stage": "diverged", "test_acc": None, "error": str(e)}, kind, cfg,
                                   diverged=True, **params)]
-        return [self.describe(r, kind, cfg, **params) for r in recs]
+        extra = {"resumed_from_steps": resumed} if resumed else {}  # its seconds count the resumed part only
+        return [self.describe(r, kind, cfg, **params, **extra) for r in recs]
 
     def train_topology(self, kind, cfg, seed, params):
         """Table (c) and the curves: one network trained from scratch on a named topology."""
@@ -644,9 +655,8 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         for stem in dict.fromkeys([study.checkpoints(key), study.checkpoints(run_key("dense", cfg, seed))]):
-            for path in sorted(glob.glob(stem + "-*.npz")):  # this run's, or its dense model's, killed part-way
-                print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {path} "
-                      f"(step {checkpoint.read_checkpoint(path)['step']})", flush=True)
+            for path, step in left_checkpoints(stem):  # this run's, or its dense model's, killed part-way
+                print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {path} (step {step})", flush=True)
         records = study.execute(kind, cfg, seed, params, key)
         if records is not None:
             study.store.add(key, records)

@@ -304,6 +304,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(t
                       for r in map(json.loads, open(path / "runs.jsonl")))
 
     assert stored(out) == stored(tmp_path / "straight")  # 9 records: the dense run and 8 prunings
+    (dense,) = [r for r in map(json.loads, open(out / "runs.jsonl")) if r["run"] == "dense"]
+    assert len(dense["resumed_from_steps"]) == 1 and dense["resumed_from_steps"][0] > 0  # its seconds are partial
 
 
 def test_reproduce_run_keys_follow_the_full_configuration(tmp_path, real_data):
