@@ -44,3 +44,9 @@ python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --
 # 7. the *_host5 files: part 2 on the host of the third 2026-12-02 session (an AMD EPYC, Zen 5 /
 #    znver5, one core copying 31-36 GB/s, slower than the host of part 2), the code's MLP path
 #    unchanged since part 5, background jobs paused, run there as: mpi_pairs _host5
+# 8. repeats_host5/: more pairs on the same host, right after part 7. The 65,536-wide pairs were
+#    run as in mpi_pairs but with --json under /tmp (their logs name those paths), and copied here
+#    unedited; the 4 x 16,384 pairs were run into this folder directly:
+#    for i in 1 2; do python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
+#      --no-torch --no-progress --json $OUT/repeats_host5/w16384_pair${i}_1rank.json > ..._1rank.log
+#      (the same under "$MPIEXEC" -n 2 into ..._2ranks.*); done
