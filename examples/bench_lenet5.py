@@ -32,7 +32,7 @@ from sparsenn.conv import _Im2colConv
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import layer_table, lenet5
 from sparsenn.optim import SGD
-from sparsenn.runtime import describe_machine, machine_report
+from sparsenn.runtime import denormals_flushed, describe_machine, machine_report
 from sparsenn.train import ArrayData, fit
 
 # a convolution's parts: two calls into the CPU backend, three methods of its own, and (a sparse
@@ -148,17 +148,18 @@ def bench_steps(model, args) -> dict:
                     timer.wrap(layer, part, (i, part))
     timer.wrap(opt, "step", "optimizer")
     step_times = []
-    for s in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
-        opt.step()
-        dt = time.perf_counter() - t0
-        if s >= args.warmup:
-            step_times.append(dt)
-            timer.end_step()
-        else:
-            timer.current.clear()
+    with denormals_flushed():  # as fit trains
+        for s in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            opt.step()
+            dt = time.perf_counter() - t0
+            if s >= args.warmup:
+                step_times.append(dt)
+                timer.end_step()
+            else:
+                timer.current.clear()
     layers = []
     for i, layer in enumerate(model.layers):
         row = {"layer": getattr(layer, "name", type(layer).__name__), "repr": repr(layer),

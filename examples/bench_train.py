@@ -30,7 +30,7 @@ from sparsenn.device import describe, resolve_device
 from sparsenn.loss import SoftmaxCrossEntropy
 from sparsenn.models import lenet300
 from sparsenn.optim import SGD
-from sparsenn.runtime import describe_machine, machine_report, thread_info
+from sparsenn.runtime import denormals_flushed, describe_machine, machine_report, thread_info
 from sparsenn.train import ArrayData, epoch_permutation
 
 # seconds per epoch, from the project's issues (#4 on the CPU, #7 on a GPU)
@@ -66,8 +66,9 @@ def time_sparsenn(topology, arrays, epochs, batch, device="cpu", seed=0):
         ops.synchronize()
         return time.perf_counter() - t
 
-    one_epoch(0, limit=50)  # warm-up
-    times = [one_epoch(e) for e in range(epochs)]
+    with denormals_flushed():  # as fit trains
+        one_epoch(0, limit=50)  # warm-up
+        times = [one_epoch(e) for e in range(epochs)]
     nnz = sum(l.nnz for l in model.weight_layers())
     return times, nnz
 

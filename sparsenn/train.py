@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from sparsenn import checkpoint as ckpt_io
 from sparsenn.io import check_output_path
 from sparsenn.loss import SoftmaxCrossEntropy
+from sparsenn.runtime import denormals_flushed
 
 
 class TrainingDiverged(RuntimeError):
@@ -212,6 +213,9 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
         parallel.start(optimizer, callbacks)  # the ranks may share the weights from the first step
         log(f"data-parallel over {parallel.size} ranks: each takes {batch_size // parallel.size}-"
             f"{-(-batch_size // parallel.size)} images of every batch of {batch_size}; {parallel.exchange()}")
+        note = parallel.batch_note(batch_size)
+        if note:
+            log(f"note: {note}")
     if metrics_path:
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
     metrics_file = open(metrics_path, "a") if metrics_path else None
@@ -247,6 +251,8 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
                                     config=config, meta={"seed": seed})
             last_good = save_path
 
+    flushed = denormals_flushed()  # denormal floats read and written as 0 while training: runtime.py says why
+    flushed.__enter__()
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -332,6 +338,7 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
             if parallel is not None:  # the ranks' weights must still be equal (pruning included)
                 parallel.check_same(f"after epoch {epoch + 1}")
     finally:
+        flushed.__exit__(None, None, None)
         if metrics_file:
             metrics_file.close()
     if not history:  # resumed a finished run: just report where it stands

@@ -4,9 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from numba import njit, prange
 
 import sparsenn  # noqa: F401
-from sparsenn import runtime
+from sparsenn import runtime, schedules
+from sparsenn.optim import SGD
+from sparsenn.train import fit
 
 
 def test_thread_pools_are_configured_and_reported():
@@ -69,3 +73,49 @@ def test_machine_report_reads_the_host():
     assert 1 < rep["loop_ms"] < 10_000, rep  # ms for a million Python additions
     line = describe_machine(rep)
     assert f"{rep['copy_gb_s']:.1f} GB/s" in line and f"{rep['loop_ms']:.0f} ms" in line
+
+
+@njit(parallel=True)
+def _times_one(a, out):
+    for i in prange(a.shape[0]):
+        out[i] = a[i] * np.float32(1.0)
+
+
+def denormal_products():
+    """How many of 4,096 products denormal x 1 stay denormal, computed by Numba's threads and
+    by NumPy in this thread: (threads, here)."""
+    a = np.full(4096, 1e-39, np.float32)  # a denormal: under float32's smallest normal, 1.18e-38
+    out = np.empty_like(a)
+    _times_one(a, out)
+    return int(np.count_nonzero(out)), int(np.count_nonzero(a * np.float32(1.0)))
+
+
+x86 = pytest.mark.skipif(not runtime._X86, reason="MXCSR is x86's")
+
+
+@x86
+def test_denormals_are_zero_inside_the_block_and_back_after():
+    assert denormal_products() == (4096, 4096)
+    with runtime.denormals_flushed():
+        assert denormal_products() == (0, 0)  # every thread of the pool, and this one
+        with runtime.denormals_flushed():  # nested: the inner block restores the outer one's mode
+            pass
+        assert denormal_products() == (0, 0)
+    assert denormal_products() == (4096, 4096)
+
+
+@x86
+def test_training_flushes_denormals_and_gives_the_mode_back():
+    from tests.test_train import small_model, small_problem
+
+    seen = []
+
+    class Probe:
+        def on_step_end(self, step, model, optimizer):
+            seen.append(denormal_products())
+
+    model = small_model()
+    fit(model, small_problem(), SGD(model.parameters(), lr=0.05), schedules.Constant(0.05), steps=3, batch_size=50, seed=0,
+        progress=False, callbacks=[Probe()], log=lambda *a: None)
+    assert seen == [(0, 0)] * 3
+    assert denormal_products() == (4096, 4096)
