@@ -209,6 +209,42 @@ def _abort(comm, status: int) -> None:
     comm.Abort(status)
 
 
+def shard_of(rank: int, size: int, n: int) -> range:
+    """Rank ``rank`` of ``size``'s positions in a global batch of ``n``: its contiguous part."""
+    return range(rank * n // size, (rank + 1) * n // size)
+
+
+LANES = 16  # images per unit of the float32 kernels' work: one AVX-512 register (sparsenn.simd)
+
+
+def batch_split_note(batch_size: int, size: int) -> str | None:
+    """What splitting a global batch of ``batch_size`` over ``size`` ranks costs in the sparse
+    products, or None when it costs nothing.
+
+    The float32 kernels work on a row of activations 16 images at a time (``LANES``: one
+    AVX-512 register, and 64 bytes, one cache line, of the row), so a rank's ``b`` images cost
+    ``ceil(b / 16)`` units, and a step waits for the rank with the most. One process at batch
+    100 pays 7 units (6 whole and one partly used); 2 ranks of 50 pay 4 each, 8 in all, for the
+    same images. Measured on the scaling study's 65,536-wide model (README, "More than one
+    machine"): at global batch 100 the forward and backward of 2 ranks x 1 thread took 1.20x
+    those of 1 rank x 2 threads, at 128 (64 per rank, whole units) 1.01x.
+    """
+    counts = [len(shard_of(r, size, batch_size)) for r in range(size)]
+    ranks = size * -(-max(counts) // LANES)
+    one = -(-batch_size // LANES)
+    if size <= 1 or ranks <= one or max(counts) < LANES:  # (under 16 images other costs dominate)
+        return None
+    step = LANES * size
+    lower = batch_size // step * step
+    better = " or ".join(str(b) for b in (lower, lower + step) if b > 0)
+    each = f"{min(counts)}-{max(counts)}" if min(counts) < max(counts) else str(max(counts))
+    return (f"each rank computes {each} of the {batch_size} images of a step, and the sparse kernels "
+            f"work in units of {LANES} images (one AVX-512 register of float32, one 64-byte cache line of "
+            f"activations): the {size} ranks pay {ranks} units where one process pays {one} "
+            f"({ranks / one:.2f}x the work in the sparse products). A global batch that is a multiple of "
+            f"{step} ({better}) splits into whole units")
+
+
 class DataParallel:
     """The per-step exchange of data-parallel training, for ``fit(..., parallel=DataParallel(comm, model))``.
 
@@ -324,7 +360,12 @@ class DataParallel:
 
     def shard_of(self, rank: int, n: int) -> range:
         """Rank ``rank``'s positions in a global batch of ``n`` (:meth:`shard`'s rule)."""
-        return range(rank * n // self.size, (rank + 1) * n // self.size)
+        return shard_of(rank, self.size, n)
+
+    def batch_note(self, batch_size: int) -> str | None:
+        """What splitting a global batch of ``batch_size`` over these ranks costs the sparse
+        products, for the run's log (:func:`batch_split_note`), or None."""
+        return batch_split_note(batch_size, self.size)
 
     def average_gradients(self, n_local: int, n_global: int, loss: float) -> float:
         """grad = sum over ranks of (n_local / n_global) x local mean gradient: the global mean.

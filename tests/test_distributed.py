@@ -58,6 +58,21 @@ def test_the_batch_split_covers_the_global_batch_once():
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+def test_the_log_says_when_a_batch_splits_into_partial_vectors():
+    """Units of 16 images (one AVX-512 register): 2 ranks of 50 pay 4 + 4, one process of 100 pays 7."""
+    note = distributed.batch_split_note(100, 2)
+    assert "each rank computes 50 of the 100 images" in note
+    assert "the 2 ranks pay 8 units where one process pays 7 (1.14x" in note
+    assert "multiple of 32 (96 or 128)" in note
+    assert "3 ranks pay 15 units where one process pays 13 " in distributed.batch_split_note(200, 3)  # 66-67 each
+    assert "each rank computes 66-67 of the 200 images" in distributed.batch_split_note(200, 3)
+    assert "multiple of 48 (192 or 240)" in distributed.batch_split_note(200, 3)
+    assert "4 ranks pay 8 units where one process pays 7" in distributed.batch_split_note(100, 4)  # 25 each
+    assert "2 ranks pay 10 units where one process pays 9" in distributed.batch_split_note(129, 2)  # 64 and 65
+    for batch, size in ((128, 2), (96, 2), (100, 1), (64, 4), (30, 2), (128, 4)):
+        assert distributed.batch_split_note(batch, size) is None, (batch, size)  # whole units, or under 16 per rank
+
+
 def test_gradients_live_in_one_buffer():
     from tests.test_train import small_model
 
@@ -90,6 +105,7 @@ def test_two_ranks_train_the_same_network_as_one_process(tmp_path):
     two = mpirun(script, *common, "--save", tmp_path / "two.npz", "--metrics", tmp_path / "two.jsonl")
     assert two.returncode == 0, two.stderr
     assert "data-parallel over 2 ranks" in two.stdout
+    assert "note: each rank computes 50 of the 100 images" in two.stdout  # 8 units of 16 where 1 process pays 7
     assert "gradients summed in shared memory, 111,724 bytes" in two.stdout
     assert "one copy of the weights" not in two.stdout  # each rank keeps its own (the default)
     assert two.stdout.count("configuration:") == 1  # rank 0 alone speaks
