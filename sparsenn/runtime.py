@@ -189,13 +189,13 @@ def thread_info() -> dict:
 #
 # A float32 below 1.2e-38 in magnitude (a denormal, or subnormal) is stored without the hidden
 # leading bit, and on Intel cores an arithmetic instruction that reads or produces one takes a
-# slow path of about a hundred cycles (AMD's Zen cores pay far less). Training makes them: the
+# slow path (a microcode assist, of the order of a hundred cycles). Training makes them: the
 # softmax of a large logit gives the other classes probabilities like exp(-90), which round to
 # denormals in the loss gradient, and the backward carries them into every layer's gradients.
 # Measured on an Intel Xeon host (rocketlake to Numba), the scaling study's 4 x 65,536 RadiX model
-# at batch 128: 141 ms per step for the first steps, then 970-1,312 ms once 10-35 thousand
-# gradient entries per layer were denormal; a full epoch took 464.5 s where the step profile
-# (no training, no denormals) predicted 73 s. The cure every framework uses: set the two MXCSR
+# at batch 128: 141 ms per step for the first steps, then 970-1,312 ms once up to 35 thousand
+# gradient entries per layer were denormal; a full epoch took 464.5 s where 20 steps on one fixed
+# batch (examples/profile_step.py) predicted 73 s; flushed, the steps take 144-150 ms. The usual cure: set the two MXCSR
 # bits that make the core treat denormal inputs as zero (DAZ) and round denormal results to zero
 # (FTZ), in every thread that computes. TensorFlow does it in its CPU threads; PyTorch has
 # ``torch.set_flush_denormal(True)``. A value under 1.2e-38 is then 0: far below what float32

@@ -50,3 +50,17 @@ python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --
 #    for i in 1 2; do python examples/scale.py --widths 16384 --topologies radix --lr 0.1 --epochs 1 \
 #      --no-torch --no-progress --json $OUT/repeats_host5/w16384_pair${i}_1rank.json > ..._1rank.log
 #      (the same under "$MPIEXEC" -n 2 into ..._2ranks.*); done
+# 9. batch_host6/: on the host of the fourth 2026-12-02 session (an Intel Xeon, rocketlake to Numba,
+#    one core copying 14-15 GB/s), after training began to flush denormals to zero, background
+#    jobs paused: the 65,536-wide pair at global batch 100 and at 128 (64 images per rank: whole
+#    16-image units), then where a step goes at both batches, then a second pair at 128 and the
+#    4 x 16,384 pairs at both batches:
+batch_pair() {  # $1 width, $2 global batch, $3 file name
+    python examples/scale.py --widths $1 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
+        --batch-size $2 --json $OUT/batch_host6/$3_1rank.json > $OUT/batch_host6/$3_1rank.log 2>&1
+    "$MPIEXEC" -n 2 python examples/scale.py --widths $1 --topologies radix --lr 0.1 --epochs 1 --no-torch \
+        --no-progress --batch-size $2 --json $OUT/batch_host6/$3_2ranks.json > $OUT/batch_host6/$3_2ranks.log 2>&1
+}
+# run there as (the step profile as in mpi_pairs, with --batch-size 100 and 128, into step_profile.log):
+#    batch_pair 65536 100 w65536_b100; batch_pair 65536 128 w65536_b128
+#    batch_pair 65536 128 w65536_b128_pair2; batch_pair 16384 100 w16384_b100; batch_pair 16384 128 w16384_b128
