@@ -64,3 +64,7 @@ batch_pair() {  # $1 width, $2 global batch, $3 file name
 # run there as (the step profile as in mpi_pairs, with --batch-size 100 and 128, into step_profile.log):
 #    batch_pair 65536 100 w65536_b100; batch_pair 65536 128 w65536_b128
 #    batch_pair 65536 128 w65536_b128_pair2; batch_pair 16384 100 w16384_b100; batch_pair 16384 128 w16384_b128
+# 10. study_host6.*: the study of part 1 on the same host as part 9, denormals flushed, widths from 4,096,
+#    without PyTorch (background jobs paused):
+#    python examples/scale.py --lr 0.1 --epochs 1 --steps 60 --steps-from 20000000 --widths 4096 16384 65536 262144 \
+#        --no-torch --no-progress --json $OUT/study_host6.json --plot $OUT/study_host6.png > $OUT/study_host6.log 2>&1
