@@ -265,10 +265,20 @@ class denormals_flushed:
         from numba import config, get_num_threads
 
         self._pool = self._here = None
-        if not _X86 or config.DISABLE_JIT:
+        if not _X86 or config.DISABLE_JIT or _state.get("no_flush"):
             return self
-        self._pool = _set_pool_mxcsr(0xFFFFFFFF, np.full(get_num_threads(), MXCSR_FTZ_DAZ, np.uint32))
-        self._here = _set_mxcsr_here(np.uint32(0xFFFFFFFF), np.uint32(MXCSR_FTZ_DAZ))
+        pool = None
+        try:
+            pool = _set_pool_mxcsr(0xFFFFFFFF, np.full(get_num_threads(), MXCSR_FTZ_DAZ, np.uint32))
+            self._here = _set_mxcsr_here(np.uint32(0xFFFFFFFF), np.uint32(MXCSR_FTZ_DAZ))
+        except Exception as e:  # a speed measure only: never the reason a run stops
+            if pool is not None:
+                _set_pool_mxcsr(0, pool)
+            _state["no_flush"] = True
+            logger.warning("denormal floats are not flushed to zero (%s: %s); training may run slower on "
+                           "Intel CPUs once its gradients hold denormals", type(e).__name__, e)
+            return self
+        self._pool = pool
         return self
 
     def __exit__(self, *exc):

@@ -120,3 +120,21 @@ def test_training_flushes_denormals_and_gives_the_mode_back():
         progress=False, callbacks=[Probe()], log=lambda *a: None)
     assert seen == [(0, 0)] * 3
     assert denormal_products() == (4096, 4096)
+
+
+@x86
+def test_training_goes_on_when_the_mode_cannot_be_set(monkeypatch, caplog):
+    from tests.test_train import small_model, small_problem
+
+    def broken(keep, add):
+        raise RuntimeError("no MXCSR here")
+
+    monkeypatch.setattr(runtime, "_set_mxcsr_here", broken)
+    monkeypatch.setitem(runtime._state, "no_flush", False)
+    model = small_model()
+    with caplog.at_level("WARNING", logger="sparsenn"):
+        summary = fit(model, small_problem(), SGD(model.parameters(), lr=0.05), schedules.Constant(0.05), steps=3,
+                      batch_size=50, seed=0, progress=False, log=lambda *a: None)
+    assert summary["steps"] == 3
+    assert "denormal floats are not flushed to zero (RuntimeError: no MXCSR here)" in caplog.text
+    assert denormal_products() == (4096, 4096)  # the pool threads set before the failure are back
