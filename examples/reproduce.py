@@ -26,8 +26,10 @@ defaults), or both. The training is examples/prune_retrain.py's (its functions a
 
 Writes under --out (default examples/results/paper/): runs.jsonl, one line per record, appended
 as each run finishes (the store: a killed run keeps what finished, and a rerun skips every run
-whose full configuration is already there, so a long table can be run in pieces, and two
-invocations with disjoint runs, one per recipe say, can fill it at once); models/, the dense
+whose full configuration is already there, so a long table can be run in pieces, and several
+invocations can fill it at once: one per recipe, say, both with --ablation, whose runs they
+share: each run is claimed while it trains (models/<key>.checkpoint.claim, with the process id)
+and another invocation leaves it to its holder); models/, the dense
 models the pruning runs start from, and each running run's checkpoint at its last epoch end
 (a run killed part-way resumes from it, not from step 0; ``prune_retrain.train``); then per
 table, table_X.md (ours beside the 2019 value for every cell), table_X.json (the records, each
@@ -46,6 +48,7 @@ import importlib.util
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections import namedtuple
@@ -202,6 +205,64 @@ class Store:
         finally:
             os.close(fd)
         self.by_key[key] = [{**rec, "key": key} for rec in records]
+
+
+def claim(path: str) -> int | None:
+    """Take a run for this invocation: create ``path`` holding this process's id, atomically
+    (written to a temporary file, then linked: the link fails when the claim exists, and a
+    claim is never seen empty). Returns None when taken, else the id of the live process on
+    this machine that holds it (0: unknown). Two invocations sharing runs (both recipes with --ablation)
+    then never train the same run at once. A claim whose process is gone (killed) is taken
+    over; one made on another machine (a shared disk) is respected, its process unknowable."""
+    me = f"{os.getpid()} {socket.gethostname()}"
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(me)
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, path)
+                return None
+            except FileExistsError:
+                pass
+            try:
+                with open(path) as f:
+                    pid, host = f.read().split(maxsplit=1)
+                pid = int(pid)
+            except (OSError, ValueError):  # removed meanwhile, or not a claim: try again
+                continue
+            if f"{pid} {host}" == me:
+                return None
+            if host != socket.gethostname() or _alive(pid):
+                return pid
+            try:  # its process is gone: a stale claim
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        return 0  # claimed and released three times over while we looked: leave it to them
+    finally:
+        os.remove(tmp)
+
+
+def release(path: str) -> None:
+    """Remove this invocation's claim (``claim``)."""
+    try:
+        with open(path) as f:
+            mine = f.read().split()[:1] == [str(os.getpid())]
+        if mine:
+            os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # ---- configurations, data and runs -----------------------------------------------------------
@@ -627,6 +688,19 @@ def plot_curves(path, records) -> None:
     plt.close(fig)
 
 
+def run_one(study, key, kind, cfg, seed, params) -> list:
+    """Train one run (resuming from what a killed one left), store it, return its records."""
+    for stem in dict.fromkeys([study.checkpoints(key), study.checkpoints(run_key("dense", cfg, seed))]):
+        for path, step in left_checkpoints(stem):  # this run's, or its dense model's, killed part-way
+            print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {path} (step {step})", flush=True)
+    records = study.execute(kind, cfg, seed, params, key)
+    if records is not None:
+        study.store.add(key, records)
+    for path in glob.glob(study.checkpoints(key) + "-*.npz"):  # a diverged training's, say
+        os.remove(path)
+    return study.store.by_key[key]
+
+
 # ---- main ----------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -648,21 +722,40 @@ def main(argv=None) -> int:
     if args.report_only:
         pending = []
     t_start, cost_done, cost_left = time.perf_counter(), 0.0, sum(run[5] for run in pending)
+    left_to_others = 0
     for i, (key, kind, cfg, seed, params, cost, flags) in enumerate(pending):
         study.store.refresh()
         if key in study.store:  # trained earlier in this loop (a pruning run's dense model) or by another invocation
             cost_left -= cost
             continue
+        # claimed, so that two invocations sharing runs never train one twice at once: the run,
+        # and the dense model a pruning run starts from unless it is stored
+        os.makedirs(study.models_dir, exist_ok=True)
+        dense_key = run_key("dense", cfg, seed)
+        claims = [study.checkpoints(k) + ".claim"
+                  for k in dict.fromkeys([key] + ([dense_key] if kind in ("prune", "one-time") else []))
+                  if k not in study.store]
+        taken, holder = [], None
+        for path in claims:
+            holder = claim(path)
+            if holder is not None:
+                break
+            taken.append(path)
+        if holder is not None:  # another invocation is training it, or its dense model, now
+            what = "it" if path == claims[0] else "its dense model"
+            for path in taken:
+                release(path)
+            print(f"[{i + 1}/{len(pending)}] {cfg['model']} {cfg['recipe']} {kind} seed {seed}: {what} is being "
+                  f"trained by {f'process {holder}' if holder > 0 else 'another process'}: left to it", flush=True)
+            cost_left -= cost
+            left_to_others += 1
+            continue
         t0 = time.perf_counter()
-        for stem in dict.fromkeys([study.checkpoints(key), study.checkpoints(run_key("dense", cfg, seed))]):
-            for path, step in left_checkpoints(stem):  # this run's, or its dense model's, killed part-way
-                print(f"resuming {cfg['model']} {cfg['recipe']} {kind} seed {seed} from {path} (step {step})", flush=True)
-        records = study.execute(kind, cfg, seed, params, key)
-        if records is not None:
-            study.store.add(key, records)
-        for path in glob.glob(study.checkpoints(key) + "-*.npz"):  # a diverged training's, say
-            os.remove(path)
-        records = study.store.by_key[key]
+        try:
+            records = run_one(study, key, kind, cfg, seed, params)
+        finally:
+            for path in taken:
+                release(path)
         cost_done, cost_left = cost_done + cost, cost_left - cost
         elapsed = time.perf_counter() - t_start
         eta = elapsed / cost_done * cost_left if cost_done else math.nan
@@ -672,6 +765,11 @@ def main(argv=None) -> int:
                          if k != "sparsities"] + list(flags))
         print(f"[{i + 1}/{len(pending)}] {cfg['model']} {cfg['recipe']} {kind} {what} seed {seed}: {accs} "
               f"({time.perf_counter() - t0:.1f} s; ETA {eta / 60:.1f} min)", flush=True)
+
+    if left_to_others:
+        study.store.refresh()
+        print(f"{left_to_others} runs were being trained by another invocation; the tables below hold those "
+              f"it had finished by now", flush=True)
 
     # ---- the tables, from the store ------------------------------------------------------
     everything = []

@@ -335,3 +335,50 @@ def test_store_sees_runs_another_invocation_stored(tmp_path):
     assert mine.by_key["k3"] == [{"stage": "trained", "test_acc": 0.5, "key": "k3"}]
     # the run stored after the cut line starts a line of its own, so a fresh read finds it
     assert reproduce.Store(str(tmp_path)).by_key["k3"] == mine.by_key["k3"]
+
+
+def test_a_run_another_live_invocation_trains_is_left_to_it(tmp_path, capsys, real_data):
+    # Both recipes' invocations share the ablation's runs: a run claimed by a live process
+    # is skipped (not trained twice at once); a claim left by a dead process is taken over.
+    path = str(tmp_path / "k.claim")
+    assert reproduce.claim(path) is None  # taken
+    assert reproduce.claim(path) is None  # ours already
+    reproduce.release(path)
+    assert not os.path.exists(path)
+    import socket
+    import subprocess
+    import sys
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(path, "w") as f:
+            f.write(f"{sleeper.pid} {socket.gethostname()}")
+        assert reproduce.claim(path) == sleeper.pid
+        reproduce.release(path)  # not ours: kept
+        assert os.path.exists(path)
+
+        out = tmp_path / "paper"
+        argv = ["--table", "a", "--models", "lenet300", "--recipe", "paper", "--quick", "--seeds", "1",
+                "--out", str(out)]
+        args = reproduce.parse_args(argv)
+        study = reproduce.Study(args)
+        rows = reproduce.table_rows(study, "a")
+        (dense_key,) = [run[0] for run in reproduce.needed_runs(study, rows, [0]) if run[1] == "dense"]
+        os.makedirs(study.models_dir)
+        with open(study.checkpoints(dense_key) + ".claim", "w") as f:
+            f.write(f"{sleeper.pid} {socket.gethostname()}")
+        capsys.readouterr()
+        assert reproduce.main(argv) == 0
+        printed = capsys.readouterr().out
+        # the dense run is left to its holder, and so is the pruning run that starts from it
+        assert f"dense seed 0: it is being trained by process {sleeper.pid}: left to it" in printed, printed
+        assert f"prune seed 0: its dense model is being trained by process {sleeper.pid}" in printed, printed
+        assert "2 runs were being trained by another invocation" in printed
+        assert not os.path.exists(out / "runs.jsonl")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # its process is gone: the claim is stale, the next invocation takes the run over
+    assert reproduce.claim(path) is None
+    assert open(path).read().split()[0] == str(os.getpid())
+    reproduce.release(path)
