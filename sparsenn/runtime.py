@@ -14,21 +14,31 @@ environment and restart its pool. Measured after the fix: 92 us for the kernel a
 the dense product when alternated, the same as each alone. Dense BLAS keeps all its threads.
 
 Second, the other direction: Numba's OpenMP workers spin after each parallel kernel (libgomp's
-default spin count) and then take the cores from the BLAS threads of the next dense product.
-``GOMP_SPINCOUNT=2000`` (about a microsecond of spinning) must be in the environment before
-Numba starts its OpenMP pool, i.e. before the first parallel kernel runs. Measured on one
-LeNet-300-100 epoch with the current kernels (dense / radix, seconds): libgomp's default
-spin count is far worse (1.13 s dense, measured with older kernels); 10000: 0.645 / 0.175;
-3000: 0.54 / 0.177; 2000: 0.52 / 0.178; 1000: 0.505 / 0.195; 100: 0.67 / 0.57 (every
-kernel then waits for its threads to wake); 100000: 1.10 dense.
+default spin count) and would take the cores from the BLAS threads of the next dense product.
+So the large dense products do not use BLAS's threads at all: they run on Numba's, each thread
+a one-thread BLAS call on its band of the output (:func:`matmul`, "Dense products on Numba's
+threads" below). Then the OpenMP workers may spin a while between kernels, and should: waking
+a sleeping one cost 29-53 us on an Intel Xeon host, several times a LeNet-300-100 step.
+``GOMP_SPINCOUNT=50000`` must be in the environment before Numba starts its OpenMP pool, i.e.
+before the first parallel kernel runs. Measured there (rocketlake to Numba, 2 cores; one
+LeNet-300-100 epoch, `examples/bench_train.py`, radix / dense, seconds, two runs each): with
+the dense products on BLAS's threads, spin count 2000 (the value before): 0.243 / 0.572;
+20000: 0.177 / 0.688 (the BLAS threads now wait for the spinning workers); 100000: 0.173 /
+1.008. With the dense products on Numba's threads: 2000: 0.248 / 0.647; 5000: 0.21-0.20 /
+0.61-0.59; 10000: 0.19-0.18 / 0.58-0.57; 20000: 0.18 / 0.61-0.58; 50000: 0.19-0.18 / 0.55-0.53.
+On the first host of this project (AMD Zen 5) the old scheme measured (dense / radix, with older
+kernels): libgomp's default spin count 1.13 s dense; 10000: 0.645 / 0.175; 2000: 0.52 / 0.178;
+100: 0.67 / 0.57 (every kernel then waits for its threads to wake).
 
 A second measure: :func:`matmul` runs *small* dense products (under ``SMALL_GEMM_FLOPS``) on a
 single BLAS thread. Waking the sleeping pool costs more than a second core saves there: in a
 LeNet-300-100 training step the 100x300 @ 300x100 product took 450 us on two threads, 74 us on
 one. Large products keep every thread.
 
-Set ``SPARSENN_THREAD_CONFIG=0`` to leave the thread pools exactly as you configured them;
-a value you set yourself for ``OPENBLAS_THREAD_TIMEOUT`` is always respected.
+Set ``SPARSENN_THREAD_CONFIG=0`` to leave the thread pools exactly as you configured them
+(dense products then all go to ``np.matmul``); ``SPARSENN_DENSE_ON_NUMBA=0`` keeps only the
+large dense products on BLAS's own threads, to compare. A value you set yourself for
+``OPENBLAS_THREAD_TIMEOUT`` or ``GOMP_SPINCOUNT`` is always respected.
 """
 
 from __future__ import annotations
@@ -45,10 +55,13 @@ from numba.extending import intrinsic
 
 logger = logging.getLogger("sparsenn")
 
-_state = {"blas_libs": [], "configured": False, "reason": "", "set_local": None}
+_state = {"blas_libs": [], "configured": False, "reason": "", "set_local": None, "gemm": None,
+          "set_local_addr": 0, "ilp64": False}
 
 # Below this many floating-point operations (2*m*k*n) a dense product runs on one BLAS thread.
 SMALL_GEMM_FLOPS = 16e6
+# How long Numba's OpenMP workers spin before they sleep (libgomp's unit: iterations of its wait loop)
+GOMP_SPINCOUNT = 50000
 
 
 def _loaded_openblas_paths() -> list[str]:
@@ -104,7 +117,10 @@ def set_blas_threads(n: int) -> bool:
 
 
 def matmul(a, b, out):
-    """out = a @ b with NumPy's BLAS; products under SMALL_GEMM_FLOPS use one BLAS thread.
+    """out = a @ b with NumPy's BLAS. Products under SMALL_GEMM_FLOPS run on one BLAS thread, the
+    calling one; larger ones on Numba's threads, each a one-thread BLAS call on a band of ``out``
+    (:func:`_gemm_bands`: one pool for the sparse kernels and the dense products, see "Dense
+    products on Numba's threads" below), or on BLAS's own threads where that cannot be done.
 
     a: (m, k), b: (k, n), out: (m, n) preallocated. Transposed views are fine (BLAS takes them
     as flags, no copy).
@@ -116,7 +132,155 @@ def matmul(a, b, out):
             return np.matmul(a, b, out=out)
         finally:
             set_local(previous)
+    gemm = _state["gemm"].get(out.dtype.char) if _state["gemm"] else None
+    if gemm is not None and a.dtype == b.dtype == out.dtype and out.flags.c_contiguous:
+        ta, lda = _blas_operand(a)
+        tb, ldb = _blas_operand(b)
+        threads = _num_threads()
+        if ta and tb and threads > 1:
+            _gemm_bands(gemm, _state["set_local_addr"], _state["ilp64"], np.int32(ta), np.int32(tb),
+                        a, lda, b, ldb, out, threads)
+            return out
     return np.matmul(a, b, out=out)
+
+
+# ------------------------------------------------------------------ dense products on Numba's threads
+#
+# The two pools of threads (OpenBLAS's and Numba's OpenMP workers) take turns in a training step,
+# and each wants the other asleep: hence the short spins above. But waking a sleeping OpenMP
+# worker is not free. Measured on an Intel Xeon host (rocketlake to Numba, 2 cores): an empty
+# parallel kernel takes 1.8 us when called back to back, 29 us after 50 us of serial work and
+# 53 us after 200 us, and a LeNet-300-100 RadiX step has several such gaps (the batch gather, the
+# loss, the small dense layer). So the large dense products now run on Numba's workers too:
+# each thread makes one single-threaded BLAS call (``openblas_set_num_threads_local(1)``) on its
+# band of the output's rows (or columns, when it has more of those), so no BLAS worker runs
+# beside an OpenMP one and the OpenMP workers may spin longer (``GOMP_SPINCOUNT``, above).
+# The addresses of NumPy's OpenBLAS ``cblas_sgemm``/``cblas_dgemm`` are found once, by name
+# (NumPy's wheels prefix and suffix them; ``USE64BITINT`` in its config means 64-bit ints).
+# Where they are not found (another BLAS), the products go to ``np.matmul`` as before.
+
+_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS = 101, 111, 112
+
+
+def _num_threads() -> int:
+    from numba import get_num_threads
+
+    return get_num_threads()
+
+
+def _blas_operand(m):
+    """(CBLAS transpose flag, leading dimension) of a 2-D operand for a row-major call, or (0, 0)
+    when BLAS cannot read it in place (neither C- nor Fortran-contiguous)."""
+    if m.ndim != 2:
+        return 0, 0
+    if m.flags.c_contiguous:
+        return _CBLAS_NO_TRANS, max(m.shape[1], 1)
+    if m.flags.f_contiguous:  # the transpose of a C-contiguous array
+        return _CBLAS_TRANS, max(m.shape[0], 1)
+    return 0, 0
+
+
+def _find_gemm() -> None:
+    """Record the addresses of NumPy's OpenBLAS cblas_sgemm/dgemm and openblas_set_num_threads_local."""
+    _state["gemm"] = {}
+    from numba import config
+
+    if os.environ.get("SPARSENN_DENSE_ON_NUMBA", "1") == "0" or config.DISABLE_JIT:  # (to compare; plain Python)
+        return
+    for path in _loaded_openblas_paths():
+        if "numpy" not in path:
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            setl = lib.openblas_set_num_threads_local
+            config = getattr(lib, "openblas_get_config", None) or getattr(lib, "scipy_openblas_get_config64_", None)
+        except (OSError, AttributeError):
+            continue
+        found = {}
+        for char, name in (("f", "sgemm"), ("d", "dgemm")):
+            for sym in (f"scipy_cblas_{name}64_", f"scipy_cblas_{name}_64_", f"scipy_cblas_{name}", f"cblas_{name}"):
+                fn = getattr(lib, sym, None)
+                if fn is not None:
+                    found[char] = ctypes.cast(fn, ctypes.c_void_p).value
+                    break
+        if len(found) != 2 or config is None:
+            continue
+        config.restype = ctypes.c_char_p
+        _state["ilp64"] = b"USE64BITINT" in (config() or b"")
+        _state["set_local_addr"] = ctypes.cast(setl, ctypes.c_void_p).value
+        _state["gemm"] = found
+        return
+
+
+@intrinsic
+def _call_gemm(typingctx, fn, order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """cblas_?gemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) at address ``fn``;
+    ``a``, ``b``, ``c`` are addresses (integers), ints as the caller typed them (32 or 64 bits)."""
+    sig = types.void(fn, order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        pointers = {8, 10, 13}  # a, b, c
+        lltys = [i8p if i in pointers else context.get_value_type(t)
+                 for i, t in enumerate(signature.args) if i > 0]
+        vals = [builder.inttoptr(v, i8p) if i in pointers else v for i, v in enumerate(args) if i > 0]
+        fnty = ir.FunctionType(ir.VoidType(), lltys)
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), vals)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _call_int_int(typingctx, fn, v):
+    """int f(int) at address ``fn`` (openblas_set_num_threads_local)."""
+    sig = types.int32(fn, types.int32)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(i32, [i32])
+        return builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [args[1]])
+
+    return sig, codegen
+
+
+@njit(parallel=True, cache=True)
+def _gemm_bands(gemm, set_local, ilp64, ta, tb, a, lda, b, ldb, c, threads):
+    """c = op(a) @ op(b) on ``threads`` of Numba's threads, each a one-thread BLAS call on one band
+    of c's rows (or of its columns, when c has more columns than rows).
+
+    a: (m, k) and b: (k, n) as given to :func:`matmul` (C- or Fortran-contiguous: ``ta``/``tb``
+    are the CBLAS flags and ``lda``/``ldb`` the leading dimensions of the row-major arrays behind
+    them), c: (m, n) C-contiguous. gemm, set_local: addresses of cblas_?gemm and
+    openblas_set_num_threads_local; ilp64: whether that BLAS takes 64-bit ints."""
+    m, n = c.shape
+    k = a.shape[1]
+    isz = np.int64(c.itemsize)
+    one, zero = c.dtype.type(1), c.dtype.type(0)
+    by_rows = m >= n
+    length = m if by_rows else n
+    for t in prange(threads):
+        lo, hi = length * t // threads, length * (t + 1) // threads
+        if hi <= lo:
+            continue
+        # addresses as int64 (uintp plus int64 would make Numba compute them in float64)
+        pa, pb, pc = np.int64(a.ctypes.data), np.int64(b.ctypes.data), np.int64(c.ctypes.data)
+        if by_rows:  # rows lo..hi of op(a) and of c; all of op(b)
+            pa += lo * (lda if ta == _CBLAS_NO_TRANS else 1) * isz
+            pc += lo * n * isz
+            mm, nn = hi - lo, n
+        else:  # columns lo..hi of op(b) and of c; all of op(a)
+            pb += lo * (1 if tb == _CBLAS_NO_TRANS else ldb) * isz
+            pc += lo * isz
+            mm, nn = m, hi - lo
+        previous = _call_int_int(set_local, np.int32(1))
+        if ilp64:
+            _call_gemm(gemm, np.int32(_CBLAS_ROW_MAJOR), ta, tb, np.int64(mm), np.int64(nn), np.int64(k), one,
+                       pa, np.int64(lda), pb, np.int64(ldb), zero, pc, np.int64(n))
+        else:
+            _call_gemm(gemm, np.int32(_CBLAS_ROW_MAJOR), ta, tb, np.int32(mm), np.int32(nn), np.int32(k), one,
+                       pa, np.int32(lda), pb, np.int32(ldb), zero, pc, np.int32(n))
+        _call_int_int(set_local, previous)
 
 
 def configure_blas_threads() -> None:
@@ -134,8 +298,8 @@ def configure_blas_threads() -> None:
     if "GOMP_SPINCOUNT" in os.environ:
         notes.append(f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']} set by user")
     else:
-        os.environ["GOMP_SPINCOUNT"] = "2000"  # read by libgomp when Numba first loads it
-        notes.append("GOMP_SPINCOUNT=2000")
+        os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPINCOUNT)  # read by libgomp when Numba first loads it
+        notes.append(f"GOMP_SPINCOUNT={GOMP_SPINCOUNT}")
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         notes.append(f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']} set by user")
     else:
@@ -154,6 +318,7 @@ def configure_blas_threads() -> None:
             init()
             _state["blas_libs"].append(path)
     _state["set_local"] = _find_set_threads_local()
+    _find_gemm()
     _state["reason"] = ", ".join(notes)
 
 

@@ -47,6 +47,40 @@ def test_matmul_small_and_large_products(rng):
         np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_products_on_numbas_threads_equal_numpys(rng, dtype):
+    """runtime.matmul's large products: one one-thread BLAS call per band of the output, on
+    Numba's threads. Every layout the layers pass (transposed views of either operand), bands
+    of rows (m >= n) and of columns (m < n), equal to NumPy's product."""
+    if not runtime._state["gemm"]:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose cblas_?gemm sparsenn can find")  # never in CI
+    gemm = runtime._state["gemm"][np.dtype(dtype).char]
+    for m, k, n in [(300, 784, 100), (64, 800, 1960), (7, 5, 3), (1, 3, 2)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+                b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+                a, b = (a.T if ta else a), (b.T if tb else b)
+                ref = a.astype(np.float64) @ b.astype(np.float64)
+                for threads in (1, 2, 3):
+                    out = np.full((m, n), np.nan, dtype)
+                    fa, lda = runtime._blas_operand(a)
+                    fb, ldb = runtime._blas_operand(b)
+                    runtime._gemm_bands(gemm, runtime._state["set_local_addr"], runtime._state["ilp64"],
+                                        np.int32(fa), np.int32(fb), a, lda, b, ldb, out, threads)
+                    np.testing.assert_allclose(out, ref, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                               atol=1e-3 if dtype == np.float32 else 1e-10)
+    # through matmul, with the calling thread's BLAS thread count as it was
+    set_local = runtime._state["set_local"]
+    before = set_local(2)
+    set_local(before)
+    a, b = rng.standard_normal((784, 300)).astype(dtype), rng.standard_normal((784, 100)).astype(dtype)
+    out = np.empty((300, 100), dtype)
+    runtime.matmul(a.T, b, out)
+    np.testing.assert_allclose(out, a.T.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+    assert set_local(before) == before
+
+
 def test_set_blas_threads_reaches_numpys_openblas():
     """The MPI ranks' share of the cores must reach BLAS too (distributed.share_cores)."""
     code = ("import ctypes, sparsenn; from sparsenn import runtime; "
