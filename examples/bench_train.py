@@ -8,7 +8,8 @@ Each topology: build the model, run warm-up steps (compiles/loads the Numba kern
 ``--epochs`` full epochs of real training steps (gather batch, forward, loss, backward, SGD
 with Nesterov momentum and weight decay) and report the median. Evaluation is not timed.
 When PyTorch is installed (``pip install torch==2.13.0``; never a dependency), the same model
-and optimiser are timed in the same process, dense and with a 90% mask applied the usual way
+and optimiser are timed in the same process (PyTorch imported first, so that its OpenMP threads
+keep their own defaults: see the imports), dense and with a 90% mask applied the usual way
 (weights multiplied by the mask after every step), which saves nothing. With ``--device cuda``
 both run on the GPU: sparsenn with its numba.cuda kernels, the training set copied to the
 GPU once and each mini-batch gathered there; the loss comes back every step, so each step
@@ -19,12 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
-import numba
-import numpy as np
+# PyTorch, when installed, is imported before sparsenn: its OpenMP runtime (a copy of libgomp of
+# its own) reads GOMP_SPINCOUNT once, as it loads, and sparsenn sets that variable for Numba's
+# (sparsenn/runtime.py). Imported first, PyTorch runs as its users run it, with libgomp's default.
+_TORCH_GOMP_SPINCOUNT = os.environ.get("GOMP_SPINCOUNT")
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:
+    _torch = None
 
-import sparsenn  # noqa: F401  (configures BLAS threads)
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sparsenn  # noqa: E402,F401  (configures BLAS threads)
 from sparsenn import cli, data
 from sparsenn.device import describe, resolve_device
 from sparsenn.loss import SoftmaxCrossEntropy
@@ -160,6 +171,9 @@ def main(argv=None):
         except ImportError:
             print("PyTorch not installed: `pip install torch==2.13.0` to time it side by side")
         else:
+            spin = _TORCH_GOMP_SPINCOUNT
+            print(f"PyTorch's OpenMP threads: GOMP_SPINCOUNT {'unset (libgomp default)' if spin is None else spin}, "
+                  f"{torch.get_num_threads()} threads")
             for masked in (False, True):
                 times, nnz, version = time_torch(arrays, args.epochs, args.batch_size, masked, device)
                 report(f"torch {version.split('+')[0]}", "dense" + ("+mask" if masked else ""), times, nnz)
