@@ -59,6 +59,7 @@ from sparsenn import backend_cpu, cli
 from sparsenn.csr import CSRPattern, balanced_row_splits
 from sparsenn.kernels import permute, sddmm, sddmm_plain, spmm, spmm_plain
 from sparsenn.runtime import describe_machine, machine_report, thread_info
+from sparsenn.simd import hsum, vadd, vload, vzero
 
 # ---------------------------------------------------------------------------------------------
 # Defaults, and why
@@ -79,6 +80,9 @@ SCALE_SIZES = (4096, 65536, 262144)
 SCALE_FAN_IN = 32
 SCALE_BATCH = 100
 SCALE_TARGET = 0.6  # issue #13: GFLOP/s at 262,144 neurons >= 0.6x the same kernel's rate at 4,096
+# --bandwidth: KB of float32 each thread reads over and over: in L1, in L2, in L3, from memory
+# (the L1 and L2 of every host so far: 48 KB and 1-2 MB per core; L3 32 MB and more, shared)
+BANDWIDTH_KB = (32, 512, 8192, 131072)
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,11 @@ def make_operands(case: Case):
         indptr = np.concatenate(([0], np.cumsum(np.bincount(flat // case.cols, minlength=case.rows))))
     pattern = CSRPattern.from_arrays(indptr, indices.ravel(), (case.rows, case.cols))
     data = rng.standard_normal(pattern.nnz, dtype=np.float32)
-    x = rng.standard_normal((case.cols, BATCH), dtype=np.float32)
-    dy = rng.standard_normal((case.rows, BATCH), dtype=np.float32)
+    # x and dy as a layer holds them: on 64-byte boundaries (backend_cpu.empty); every
+    # implementation gets these same arrays
+    x, dy = backend_cpu.empty((case.cols, BATCH), np.float32), backend_cpu.empty((case.rows, BATCH), np.float32)
+    x[...] = rng.standard_normal((case.cols, BATCH), dtype=np.float32)
+    dy[...] = rng.standard_normal((case.rows, BATCH), dtype=np.float32)
     return pattern, data, x, dy
 
 
@@ -504,6 +511,68 @@ def scale_study(timing) -> int:
     return sum(v == "FAIL" for v, *_ in verdicts)
 
 
+@numba.njit(cache=True)
+def _read_sweep(a, reps):
+    """Read the float32 array ``a`` (length a multiple of 128) front to back ``reps`` times, 8
+    independent 16-lane sums, one vector load per add: the load rate of the level ``a`` lives in."""
+    total = 0.0
+    for _ in range(reps):
+        s0, s1, s2, s3, s4, s5, s6, s7 = vzero(), vzero(), vzero(), vzero(), vzero(), vzero(), vzero(), vzero()
+        for i in range(0, a.shape[0], 128):
+            s0, s1 = vadd(s0, vload(a, i)), vadd(s1, vload(a, i + 16))
+            s2, s3 = vadd(s2, vload(a, i + 32)), vadd(s3, vload(a, i + 48))
+            s4, s5 = vadd(s4, vload(a, i + 64)), vadd(s5, vload(a, i + 80))
+            s6, s7 = vadd(s6, vload(a, i + 96)), vadd(s7, vload(a, i + 112))
+        total += hsum(vadd(vadd(vadd(s0, s1), vadd(s2, s3)), vadd(vadd(s4, s5), vadd(s6, s7))))
+    return total
+
+
+@numba.njit(parallel=True, cache=True)
+def _read_sweep_threads(a, reps):
+    """:func:`_read_sweep` on every thread at once, thread t on row t of ``a`` (its own array)."""
+    out = np.zeros(a.shape[0])
+    for t in numba.prange(a.shape[0]):
+        out[t] = _read_sweep(a[t], reps)
+    return out.sum()
+
+
+def bandwidth_report(timing) -> None:
+    """The rate at which a core loads 64-byte vectors from each level of the memory hierarchy,
+    and what it allows a sparse product, beside this run's SGEMM rate.
+
+    The forward and ``W^T dy`` products load one 16-float vector of ``x`` (64 bytes, from wherever
+    ``x`` lives) for every 16-lane multiply-add (32 flops): 0.5 flop per byte, so their ceiling is
+    half the load rate of that level; SGEMM reuses every loaded value from registers and is bound
+    by the multiply-add units instead. The weight gradient loads ``x`` at the same rate per flop
+    (``dy[r]`` stays in L1)."""
+    threads = numba.get_num_threads()
+    sgemm = sgemm_rate(timing)
+    print(f"dense SGEMM {SGEMM[0]}x{SGEMM[1]} @ {SGEMM[1]}x{BATCH} through NumPy: {sgemm:.1f} GFLOP/s")
+    print(f"\nLoad rate by working set (each thread reads its own array front to back, 64-byte vector "
+          f"loads, best of 3), and the ceiling it sets a product that loads one vector of x per 16-lane "
+          f"multiply-add (0.5 flop per byte, all {threads} threads):")
+    print(f"{'KB per thread':>13} {'1 thread GB/s':>14} {f'{threads} threads GB/s':>16} {'ceiling GFLOP/s':>16} "
+          f"{'of SGEMM':>9}")
+    for kb in BANDWIDTH_KB:
+        n = kb * 1024 // 4
+        raw = np.ones(threads * n + 16, np.float32)
+        skip = (-raw.ctypes.data % 64) // 4  # every row on 64-byte boundaries: one cache line per load
+        a = raw[skip:skip + threads * n].reshape(threads, n)
+        reps = max(3, int(2e9 * timing["min_time"]) // (threads * a[0].nbytes))
+        _read_sweep(a[0], 1)
+        _read_sweep_threads(a, 1)
+        one = every = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            _read_sweep(a[0], reps)
+            one = min(one, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _read_sweep_threads(a, reps)
+            every = min(every, time.perf_counter() - t0)
+        bw1, bw = a[0].nbytes * reps / one / 1e9, a.nbytes * reps / every / 1e9
+        print(f"{kb:>13,} {bw1:>14.1f} {bw:>16.1f} {0.5 * bw:>16.1f} {0.5 * bw / sgemm:>8.2f}x", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +592,9 @@ def parse_args(argv):
     ap.add_argument("--check", action="store_true", help="exit 1 if any target FAILs")
     ap.add_argument("--asm", action="store_true",
                     help="instead: compile the hot kernels afresh and count their AVX-512 FMA instructions")
+    ap.add_argument("--bandwidth", action="store_true",
+                    help="instead: each level of the memory hierarchy's load rate, and the ceiling it sets the "
+                         "sparse products, beside SGEMM's rate")
     ap.add_argument("--scale", action="store_true",
                     help=f"instead: the three products on square layers of {', '.join(f'{n:,}' for n in SCALE_SIZES)} "
                          f"neurons, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}, RadiX and random (beyond the caches)")
@@ -567,6 +639,10 @@ def main(argv=None) -> int:
     print(f"config: batch={BATCH} seed={SEED} {timing} quick={args.quick}")
     if args.asm:
         asm_report()
+        return 0
+    if args.bandwidth:
+        bandwidth_report(timing)
+        print(f"elapsed {time.perf_counter() - wall:.1f} s")
         return 0
     if args.scale:
         if args.quick:  # 262,144 x 32 takes seconds to build and a second per call: not for tests

@@ -35,12 +35,33 @@ def to_host(a) -> np.ndarray:
     return a
 
 
+# Every array this backend allocates (activations, their gradients, the gathered batch) starts on
+# a 64-byte boundary: one cache line, one AVX-512 vector. NumPy's own large arrays start 16 bytes
+# past one (glibc's allocation header), so a row of 128 float32 columns (512 bytes) there spans
+# nine cache lines, not eight, and every 16-float load of it reads two lines. Measured on an Intel
+# Xeon host (rocketlake to Numba), the sparse products at batch 128 with x and dy aligned against
+# NumPy's: 1.5-1.9x the GFLOP/s (300x784 d=0.1: 77, 79, 65 -> 147, 137, 125 for the forward,
+# W^T dy and the weight gradient; 4096x4096 d=0.1: 72, 62, 65 -> 128, 99, 112). A batch whose rows
+# are not whole vectors (100 columns, 400 bytes) has rows at every 16-byte offset whatever the
+# start: there it changes nothing.
+ALIGN = 64
+
+
 def empty(shape, dtype) -> np.ndarray:
-    return np.empty(shape, dtype=dtype)
+    """An uninitialised C-contiguous array whose first element is ALIGN-byte aligned."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
 
 
 def zeros(shape, dtype) -> np.ndarray:
-    return np.zeros(shape, dtype=dtype)
+    """:func:`empty`, filled with zeros."""
+    out = empty(shape, dtype)
+    out.fill(0)
+    return out
 
 
 def assign(dst, src) -> None:

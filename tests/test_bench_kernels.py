@@ -153,3 +153,22 @@ def test_asm_report_counts_512_bit_multiply_adds_and_no_gathers(tmp_path):
         rows, out = _asm_rows(env, blocks_only=True)
         for name in blocks:  # ... the same kernels are 512-bit
             assert rows[name][0] >= 12 and rows[name][3] == 0, (name, out)
+
+def test_bandwidth_mode_reads_every_level_and_states_the_ceiling():
+    """--bandwidth: one row per working set, the ceiling half the all-thread load rate (0.5 flop
+    per byte), its fraction of this run's SGEMM; the sweep's sum is every element read."""
+    bk = load_script()
+    a = np.arange(256, dtype=np.float32)
+    assert bk._read_sweep(a, 3) == pytest.approx(3 * a.sum())
+    assert bk._read_sweep_threads(np.stack([a, 2 * a]), 2) == pytest.approx(2 * 3 * a.sum())
+    proc = subprocess.run([sys.executable, SCRIPT, "--bandwidth", "--quick"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sgemm = float(proc.stdout.split("through NumPy:")[1].split()[0])
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].replace(",", "") in
+            {str(kb) for kb in bk.BANDWIDTH_KB}]
+    assert len(rows) == len(bk.BANDWIDTH_KB), proc.stdout
+    for kb, one, every, ceiling, of_sgemm in rows:
+        assert float(one) > 0 and float(every) > 0
+        assert float(ceiling) == pytest.approx(0.5 * float(every), abs=0.06)
+        assert float(of_sgemm.rstrip("x")) == pytest.approx(float(ceiling) / sgemm, abs=0.006)

@@ -160,3 +160,26 @@ def test_sparse_mask_from_scipy(rng):
     m = sp.random(5, 7, density=0.4, format="coo", random_state=1) != 0
     layer = SparseLinear(m, rng)
     assert layer.nnz == m.nnz and layer.shape == (5, 7)
+
+
+def test_activations_start_on_cache_lines(rng):
+    """The CPU backend allocates every activation and gradient buffer on a 64-byte boundary
+    (backend_cpu.empty: at batch 128 a row is then 8 whole cache lines, not parts of 9)."""
+    from sparsenn import backend_cpu
+    from sparsenn.models import lenet300
+
+    for shape, dtype in [((784, 128), np.float32), ((3,), np.float64), ((2, 3, 4), np.int32), (5, np.uint8)]:
+        for make in (backend_cpu.empty, backend_cpu.zeros):
+            a = make(shape, dtype)
+            assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+            assert a.dtype == dtype and a.shape == ((shape,) if np.isscalar(shape) else shape)
+        assert not backend_cpu.zeros(shape, dtype).any()
+    model = lenet300("radix", rng)
+    x = backend_cpu.empty((784, 128), np.float32)
+    x[...] = rng.random((784, 128))
+    out = model.forward(x)
+    model.backward(np.ones_like(out))
+    for layer in model.layers:
+        for buf in (getattr(layer, "_out", None), getattr(layer, "_dx", None)):
+            if buf is not None:
+                assert buf.ctypes.data % 64 == 0, type(layer).__name__
