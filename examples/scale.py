@@ -46,7 +46,7 @@ import sparsenn  # noqa: F401  (configures the thread pools before any kernel ru
 from sparsenn import cli, data, distributed, schedules
 from sparsenn.models import check_sparse_mlp, sparse_mlp
 from sparsenn.optim import SGD
-from sparsenn.runtime import describe_machine, machine_report
+from sparsenn.runtime import describe_machine, machine_report, user_environ
 from sparsenn.topology import TopologyTooLarge
 from sparsenn.train import ArrayData, TrainingDiverged, fit
 
@@ -266,9 +266,13 @@ def child(cfg_json: str) -> int:
 
 
 def run_in_child(cfg) -> dict | None:
-    """Run one configuration in a fresh interpreter; None (with the reason printed) if it failed."""
+    """Run one configuration in a fresh interpreter; None (with the reason printed) if it failed.
+    PyTorch's child gets the user's environment and leaves the thread pools alone
+    (``SPARSENN_THREAD_CONFIG=0``): its OpenMP runtime then keeps its own defaults, not the spin
+    count sparsenn sets for Numba's (``sparsenn.runtime``)."""
+    env = {**user_environ(), "SPARSENN_THREAD_CONFIG": "0"} if cfg["impl"] == "torch" else None
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--run", json.dumps(cfg)],
-                          stdout=subprocess.PIPE, text=True)  # stderr (progress, errors) passes through
+                          stdout=subprocess.PIPE, text=True, env=env)  # stderr (progress, errors) passes through
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         print(f"  {cfg['impl']} {cfg.get('topology', '')} width {cfg['width']}: failed with exit status "

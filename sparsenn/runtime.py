@@ -295,6 +295,7 @@ def configure_blas_threads() -> None:
         _state["reason"] = "disabled by SPARSENN_THREAD_CONFIG=0"
         return
     notes = []
+    _state["set_env"] = [k for k in ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT") if k not in os.environ]
     if "GOMP_SPINCOUNT" in os.environ:
         notes.append(f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']} set by user")
     else:
@@ -320,6 +321,13 @@ def configure_blas_threads() -> None:
     _state["set_local"] = _find_set_threads_local()
     _find_gemm()
     _state["reason"] = ", ".join(notes)
+
+
+def user_environ() -> dict:
+    """The environment as the user gave it: ``os.environ`` without the variables that importing
+    sparsenn set (for a child process that times another library, PyTorch say, whose own OpenMP
+    runtime would otherwise start with Numba's spin count)."""
+    return {k: v for k, v in os.environ.items() if k not in _state.get("set_env", ())}
 
 
 def thread_info() -> dict:

@@ -38,6 +38,17 @@ def test_user_settings_are_respected():
     assert reason == "disabled by SPARSENN_THREAD_CONFIG=0"
 
 
+def test_user_environ_drops_only_what_sparsenn_set():
+    code = ("import os, json, sparsenn; from sparsenn.runtime import user_environ; "
+            "print(json.dumps([os.environ['GOMP_SPINCOUNT'], user_environ().get('GOMP_SPINCOUNT'), "
+            "'OPENBLAS_THREAD_TIMEOUT' in user_environ()]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")}
+    for given, expect in [({}, [str(runtime.GOMP_SPINCOUNT), None, False]), ({"GOMP_SPINCOUNT": "7"}, ["7", "7", False])]:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True,
+                             check=True)
+        assert json.loads(out.stdout) == expect, out.stdout
+
+
 def test_matmul_small_and_large_products(rng):
     for m, k, n in [(10, 100, 100), (300, 784, 100)]:  # one under SMALL_GEMM_FLOPS, one over
         a = rng.standard_normal((m, k)).astype(np.float32)

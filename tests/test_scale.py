@@ -87,6 +87,32 @@ def test_torch_dense_records_where_torch_is_installed(quick):
     assert all(r["extrapolated"] and r["test_acc"] is None and r["topology"] == "dense" for r in torch)
 
 
+def test_torch_runs_in_a_child_with_the_users_thread_settings(monkeypatch):
+    """PyTorch's OpenMP runtime reads GOMP_SPINCOUNT as it loads: its child must not inherit the
+    value sparsenn set for Numba's (the dense epoch it times would be slower than its users')."""
+    import importlib.util
+
+    from sparsenn import runtime
+
+    spec = importlib.util.spec_from_file_location("scale_example", SCRIPT)
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    seen = []
+
+    def fake_run(argv, **kw):
+        seen.append(kw.get("env"))
+        return subprocess.CompletedProcess(argv, 0, stdout='{"impl": "x"}\n')
+
+    monkeypatch.setattr(scale.subprocess, "run", fake_run)
+    monkeypatch.setitem(runtime._state, "set_env", ["GOMP_SPINCOUNT"])
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50000")
+    assert scale.run_in_child({"impl": "torch", "width": 64}) == {"impl": "x"}
+    assert scale.run_in_child({"impl": "sparsenn", "width": 64, "topology": "radix"}) == {"impl": "x"}
+    torch_env, sparsenn_env = seen
+    assert "GOMP_SPINCOUNT" not in torch_env and torch_env["SPARSENN_THREAD_CONFIG"] == "0"
+    assert sparsenn_env is None  # inherits everything, as before
+
+
 def test_profile_step_times_every_phase():
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "profile_step.py"), "--width", "1024",
                            "--depth", "2", "--steps", "2"], capture_output=True, text=True, timeout=300)
