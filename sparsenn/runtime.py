@@ -196,17 +196,21 @@ def _find_gemm() -> None:
             config = getattr(lib, "openblas_get_config", None) or getattr(lib, "scipy_openblas_get_config64_", None)
         except (OSError, AttributeError):
             continue
+        if config is None:
+            continue
+        config.restype = ctypes.c_char_p
+        ilp64 = b"USE64BITINT" in (config() or b"")  # 64-bit integer arguments
         found = {}
         for char, name in (("f", "sgemm"), ("d", "dgemm")):
             for sym in (f"scipy_cblas_{name}64_", f"scipy_cblas_{name}_64_", f"scipy_cblas_{name}", f"cblas_{name}"):
                 fn = getattr(lib, sym, None)
                 if fn is not None:
-                    found[char] = ctypes.cast(fn, ctypes.c_void_p).value
-                    break
-        if len(found) != 2 or config is None:
+                    if sym.endswith("64_") == ilp64 or not sym.startswith("scipy_"):
+                        found[char] = ctypes.cast(fn, ctypes.c_void_p).value
+                    break  # a name that contradicts the config: not this library's entry point
+        if len(found) != 2:
             continue
-        config.restype = ctypes.c_char_p
-        _state["ilp64"] = b"USE64BITINT" in (config() or b"")
+        _state["ilp64"] = ilp64
         _state["set_local_addr"] = ctypes.cast(setl, ctypes.c_void_p).value
         _state["gemm"] = found
         return
