@@ -521,9 +521,104 @@ def maxpool_backward_ref(dy, argmax, H, W):
 # at every position (h, w, b) independently. x is viewed as (C, N) with N = H * W * B.
 
 
+# The window moves one channel at a time: d[c + 1]'s sum is d[c]'s plus x[c + r + 1]^2 minus
+# x[c - r]^2. So the fast kernels keep a running sum, two updates per channel where the plain
+# loops add 2r + 1 rows (9 for TensorFlow's r = 4), and run over the channels in the inner
+# sequence, in blocks of LRN_BLOCK positions (the threads take blocks; a block's rows stay in
+# the caches while the window moves). Measured on an Intel Xeon host (rocketlake to Numba), one
+# thread, TensorFlow's r = 4: LeNet-5's norm2 alone (50 x 19,600 float32) 1.5-1.6 -> 0.7 ms
+# forward, 2.0 -> 1.1 ms backward; in a training step of the random LeNet-5 (bench_lenet5.py,
+# one BLAS thread too) norm1 and norm2 together 7.1 -> 3.7 ms, the step 30.9 -> 27.5 ms.
+# The plain loops, one window sum per channel, stay beside them.
+LRN_BLOCK = 1024
+
+
 @njit(**_JIT)
 def lrn_forward(x, radius, bias, alpha, beta, d, dpow, out):
-    """y = x * (bias + alpha * windowed sum of x^2 over channels)^(-beta).
+    """y = x * (bias + alpha * windowed sum of x^2 over channels)^(-beta), with a running window.
+
+    x[C, N]: C-contiguous (an image activation viewed as (C, H*W*B)).
+    d[C, N], dpow[C, N], out[C, N]: overwritten with d, d^(-beta) and y (d and d^(-beta) are
+    what the backward pass needs). Cost O(C * N), whatever the radius. The running sum adds
+    and subtracts the same squares: it is clamped at 0 so that rounding cannot make it negative.
+    """
+    C, N = x.shape
+    b_, a_, one, zero = x.dtype.type(bias), x.dtype.type(alpha), x.dtype.type(1.0), x.dtype.type(0.0)
+    for blk in prange((N + LRN_BLOCK - 1) // LRN_BLOCK):
+        p0 = blk * LRN_BLOCK
+        n = min(N, p0 + LRN_BLOCK) - p0
+        s = np.zeros(n, x.dtype)
+        for cc in range(min(C, radius)):  # channels 0 .. r-1; channel r enters at c = 0
+            xc = x[cc, p0:p0 + n]
+            for p in range(n):
+                s[p] += xc[p] * xc[p]
+        for c in range(C):
+            if c + radius < C:
+                xa = x[c + radius, p0:p0 + n]
+                for p in range(n):
+                    s[p] += xa[p] * xa[p]
+            if c - radius - 1 >= 0:
+                xo = x[c - radius - 1, p0:p0 + n]
+                for p in range(n):
+                    s[p] -= xo[p] * xo[p]
+            xr, dr, pr, yr = x[c, p0:p0 + n], d[c, p0:p0 + n], dpow[c, p0:p0 + n], out[c, p0:p0 + n]
+            if beta == 0.75:  # d^(-3/4) = 1 / (sqrt(d) sqrt(sqrt(d))): SIMD square roots, no pow
+                for p in range(n):
+                    v = b_ + a_ * max(s[p], zero)
+                    r = np.sqrt(v)
+                    q = one / (r * np.sqrt(r))
+                    dr[p] = v
+                    pr[p] = q
+                    yr[p] = xr[p] * q
+            else:
+                for p in range(n):
+                    v = b_ + a_ * max(s[p], zero)
+                    q = v ** -beta
+                    dr[p] = v
+                    pr[p] = q
+                    yr[p] = xr[p] * q
+
+
+@njit(**_JIT)
+def lrn_backward(x, y, d, dpow, dy, radius, alpha, beta, t, dx):
+    """dx[j] = dy[j] d[j]^(-beta) - 2 alpha beta x[j] sum_{c: |c - j| <= r} dy[c] y[c] / d[c],
+    the window summed as a running sum (:func:`lrn_forward`; derivation in :func:`lrn_backward_plain`).
+
+    x, y, d, dpow, dy [C, N]: from the forward pass and upstream.  t[C, N]: overwritten with
+    dy y / d.  dx[C, N]: overwritten. Cost O(C * N), whatever the radius.
+    """
+    C, N = x.shape
+    k = x.dtype.type(-2.0 * alpha * beta)
+    for blk in prange((N + LRN_BLOCK - 1) // LRN_BLOCK):
+        p0 = blk * LRN_BLOCK
+        n = min(N, p0 + LRN_BLOCK) - p0
+        for c in range(C):
+            tr, g, yr, dr = t[c, p0:p0 + n], dy[c, p0:p0 + n], y[c, p0:p0 + n], d[c, p0:p0 + n]
+            for p in range(n):
+                tr[p] = g[p] * yr[p] / dr[p]
+        s = np.zeros(n, x.dtype)
+        for cc in range(min(C, radius)):
+            tc = t[cc, p0:p0 + n]
+            for p in range(n):
+                s[p] += tc[p]
+        for j in range(C):
+            if j + radius < C:
+                ta = t[j + radius, p0:p0 + n]
+                for p in range(n):
+                    s[p] += ta[p]
+            if j - radius - 1 >= 0:
+                to = t[j - radius - 1, p0:p0 + n]
+                for p in range(n):
+                    s[p] -= to[p]
+            o, xr, g, pr = dx[j, p0:p0 + n], x[j, p0:p0 + n], dy[j, p0:p0 + n], dpow[j, p0:p0 + n]
+            for p in range(n):
+                o[p] = g[p] * pr[p] + k * xr[p] * s[p]
+
+
+@njit(**_JIT)
+def lrn_forward_plain(x, radius, bias, alpha, beta, d, dpow, out):
+    """The textbook loop of :func:`lrn_forward`: y = x * (bias + alpha * windowed sum of x^2 over
+    channels)^(-beta), each channel's window summed afresh.
 
     x[C, N]: C-contiguous (an image activation viewed as (C, H*W*B)).
     d[C, N], dpow[C, N], out[C, N]: overwritten with d, d^(-beta) and y (d and d^(-beta) are
@@ -556,8 +651,8 @@ def lrn_forward(x, radius, bias, alpha, beta, d, dpow, out):
 
 
 @njit(**_JIT)
-def lrn_backward(x, y, d, dpow, dy, radius, alpha, beta, t, dx):
-    """dx[j] = dy[j] d[j]^(-beta) - 2 alpha beta x[j] sum_{c: |c - j| <= r} dy[c] y[c] / d[c].
+def lrn_backward_plain(x, y, d, dpow, dy, radius, alpha, beta, t, dx):
+    """The textbook loop of :func:`lrn_backward`: dx[j] = dy[j] d[j]^(-beta) - 2 alpha beta x[j] sum_{c: |c - j| <= r} dy[c] y[c] / d[c].
 
     From y[c] = x[c] d[c]^(-beta) and d[c] = bias + alpha sum_{|c'-c|<=r} x[c']^2:
     dy[c]/dx[j] = [c == j] d[c]^(-beta) - 2 alpha beta x[j] x[c] d[c]^(-beta-1) [|c - j| <= r],

@@ -19,8 +19,11 @@ from sparsenn.im2col import (
     im2col,
     im2col_ref,
     lrn_backward,
+    LRN_BLOCK,
+    lrn_backward_plain,
     lrn_backward_ref,
     lrn_forward,
+    lrn_forward_plain,
     lrn_forward_ref,
     maxpool_backward,
     maxpool_backward_ref,
@@ -98,18 +101,30 @@ def test_maxpool_kernels_equal_their_twins(rng, g):
     np.testing.assert_allclose(dx, maxpool_backward_ref(dy, arg, H, W), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("fast", [True, False])  # the running window, and the plain loops beside it
 @pytest.mark.parametrize("beta", [0.75, 0.5])  # 0.75 takes the square-root path
-@pytest.mark.parametrize("radius", [0, 2, 4])
-def test_lrn_kernels_equal_their_twins(rng, beta, radius):
-    x = rng.standard_normal((7, 3 * 2 * 5))
+@pytest.mark.parametrize("radius", [0, 2, 4, 9])  # 9: every window holds every channel
+@pytest.mark.parametrize("N", [3 * 2 * 5, 2 * LRN_BLOCK + 37])  # one block; several, the last partial
+def test_lrn_kernels_equal_their_twins(rng, beta, radius, fast, N):
+    fwd, bwd = (lrn_forward, lrn_backward) if fast else (lrn_forward_plain, lrn_backward_plain)
+    x = rng.standard_normal((7, N))
     dy = rng.standard_normal(x.shape)
-    d, dpow, y, t, dx = (np.empty_like(x) for _ in range(5))
-    lrn_forward(x, radius, 1.5, 0.3, beta, d, dpow, y)
+    d, dpow, y, t, dx = (np.full_like(x, np.nan) for _ in range(5))
+    fwd(x, radius, 1.5, 0.3, beta, d, dpow, y)
     ref_y, ref_d = lrn_forward_ref(x, radius, 1.5, 0.3, beta)
     np.testing.assert_allclose(y, ref_y, rtol=1e-12)
     np.testing.assert_allclose(d, ref_d, rtol=1e-12)
-    lrn_backward(x, y, d, dpow, dy, radius, 0.3, beta, t, dx)
+    np.testing.assert_allclose(dpow, ref_d ** -beta, rtol=1e-12)
+    bwd(x, y, d, dpow, dy, radius, 0.3, beta, t, dx)
+    np.testing.assert_allclose(t, dy * ref_y / ref_d, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(dx, lrn_backward_ref(x, dy, radius, 1.5, 0.3, beta), rtol=1e-10, atol=1e-12)
+    # float32, as in training: the running sums stay within float32 rounding of the twin
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    d, dpow, y, t, dx = (np.full_like(x32, np.nan) for _ in range(5))
+    fwd(x32, radius, 1.5, 0.3, beta, d, dpow, y)
+    bwd(x32, y, d, dpow, dy32, radius, 0.3, beta, t, dx)
+    np.testing.assert_allclose(y, ref_y, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(dx, lrn_backward_ref(x, dy, radius, 1.5, 0.3, beta), rtol=2e-4, atol=2e-5)
 
 
 def test_conv2d_computes_a_cross_correlation(rng):
