@@ -169,8 +169,8 @@ def _sparsenn_ops(p: CSRPattern, data, x, dy, plain=False):
         seg, t_seg = backend_cpu.column_segments_for(p, x), backend_cpu.column_segments_for(p, dy, transpose=True)
         bounds, order = p.splits(n_threads, seg is None)[0], p.orders(seg is None)[0]
         t_bounds, t_order = p.splits(n_threads, t_seg is None)[1], p.orders(t_seg is None)[1]
-    y = np.empty((p.shape[0], x.shape[1]), np.float32)  # outputs preallocated, as in the layer
-    dx = np.empty_like(x)
+    y = backend_cpu.empty((p.shape[0], x.shape[1]), np.float32)  # outputs preallocated, as in the layer
+    dx = backend_cpu.empty(x.shape, x.dtype)
     dw = np.empty_like(data)
     # as backend_cpu.spmm_t: a random layer in column blocks copies its values into transpose order first
     copy_t = not plain and t_seg is not None and backend_cpu.scattered_beyond_l3(p, dy, transpose=True)
