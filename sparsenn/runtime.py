@@ -146,9 +146,9 @@ def matmul(a, b, out):
 
 # ------------------------------------------------------------------ dense products on Numba's threads
 #
-# The two pools of threads (OpenBLAS's and Numba's OpenMP workers) take turns in a training step,
-# and each wants the other asleep: hence the short spins above. But waking a sleeping OpenMP
-# worker is not free. Measured on an Intel Xeon host (rocketlake to Numba, 2 cores): an empty
+# The two pools of threads (OpenBLAS's and Numba's OpenMP workers) would take turns in a training
+# step, each wanting the other asleep, which is why the OpenMP workers once spun only briefly
+# (GOMP_SPINCOUNT=2000). But waking a sleeping OpenMP worker is not free. Measured on an Intel Xeon host (rocketlake to Numba, 2 cores): an empty
 # parallel kernel takes 1.8 us when called back to back, 29 us after 50 us of serial work and
 # 53 us after 200 us, and a LeNet-300-100 RadiX step has several such gaps (the batch gather, the
 # loss, the small dense layer). So the large dense products now run on Numba's workers too:
@@ -193,13 +193,14 @@ def _find_gemm() -> None:
         try:
             lib = ctypes.CDLL(path)
             setl = lib.openblas_set_num_threads_local
-            config = getattr(lib, "openblas_get_config", None) or getattr(lib, "scipy_openblas_get_config64_", None)
+            get_config = next((getattr(lib, n) for n in ("openblas_get_config", "scipy_openblas_get_config64_",
+                                                          "scipy_openblas_get_config") if hasattr(lib, n)), None)
         except (OSError, AttributeError):
             continue
-        if config is None:
+        if get_config is None:
             continue
-        config.restype = ctypes.c_char_p
-        ilp64 = b"USE64BITINT" in (config() or b"")  # 64-bit integer arguments
+        get_config.restype = ctypes.c_char_p
+        ilp64 = b"USE64BITINT" in (get_config() or b"")  # 64-bit integer arguments
         found = {}
         for char, name in (("f", "sgemm"), ("d", "dgemm")):
             for sym in (f"scipy_cblas_{name}64_", f"scipy_cblas_{name}_64_", f"scipy_cblas_{name}", f"cblas_{name}"):
