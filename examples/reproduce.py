@@ -208,13 +208,15 @@ class Store:
 
 
 def claim(path: str) -> int | None:
-    """Take a run for this invocation: create ``path`` holding this process's id, atomically
-    (written to a temporary file, then linked: the link fails when the claim exists, and a
-    claim is never seen empty). Returns None when taken, else the id of the live process on
-    this machine that holds it (0: unknown). Two invocations sharing runs (both recipes with --ablation)
-    then never train the same run at once. A claim whose process is gone (killed) is taken
-    over; one made on another machine (a shared disk) is respected, its process unknowable."""
-    me = f"{os.getpid()} {socket.gethostname()}"
+    """Take a run for this invocation: create ``path`` holding this process's id, start time and
+    host, atomically (written to a temporary file, then linked: the link fails when the claim
+    exists, and a claim is never seen empty). Returns None when taken, else the id of the live
+    process on this machine that holds it (0: unknown). Two invocations sharing runs (both
+    recipes with --ablation) then never train the same run at once. A claim whose process is
+    gone (killed; or its id now another process's, told apart by the start time) is taken over;
+    one made on another machine (a shared disk) is respected, its process unknowable."""
+    host = socket.gethostname()
+    me = f"{os.getpid()} {_start_time(os.getpid())} {host}"
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(me)
@@ -227,13 +229,15 @@ def claim(path: str) -> int | None:
                 pass
             try:
                 with open(path) as f:
-                    pid, host = f.read().split(maxsplit=1)
+                    held = f.read()
+                parts = held.split(maxsplit=2)
+                pid, start, their_host = parts if len(parts) == 3 else (parts[0], "?", parts[1])  # or "pid host"
                 pid = int(pid)
             except (OSError, ValueError):  # removed meanwhile, or not a claim: try again
                 continue
-            if f"{pid} {host}" == me:
+            if held == me:
                 return None
-            if host != socket.gethostname() or _alive(pid):
+            if their_host != host or _alive(pid, start):
                 return pid
             try:  # its process is gone: a stale claim
                 os.remove(path)
@@ -255,14 +259,26 @@ def release(path: str) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat), or "?" where
+    that cannot be read (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+    except (OSError, IndexError):
+        return "?"
+
+
+def _alive(pid: int, start: str) -> bool:
+    """Whether process ``pid`` runs and is the one that started at ``start`` (``_start_time``)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
-    return True
+        pass
+    now = _start_time(pid)
+    return start == "?" or now == "?" or now == start
 
 
 # ---- configurations, data and runs -----------------------------------------------------------

@@ -350,9 +350,14 @@ def test_a_run_another_live_invocation_trains_is_left_to_it(tmp_path, capsys, re
     import sys
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    held = f"{sleeper.pid} {reproduce._start_time(sleeper.pid)} {socket.gethostname()}"
     try:
+        with open(path, "w") as f:  # its id, but another start time: a process that reused the id
+            f.write(f"{sleeper.pid} 1 {socket.gethostname()}")
+        assert reproduce.claim(path) is None  # stale: taken over
+        reproduce.release(path)
         with open(path, "w") as f:
-            f.write(f"{sleeper.pid} {socket.gethostname()}")
+            f.write(held)
         assert reproduce.claim(path) == sleeper.pid
         reproduce.release(path)  # not ours: kept
         assert os.path.exists(path)
@@ -366,7 +371,7 @@ def test_a_run_another_live_invocation_trains_is_left_to_it(tmp_path, capsys, re
         (dense_key,) = [run[0] for run in reproduce.needed_runs(study, rows, [0]) if run[1] == "dense"]
         os.makedirs(study.models_dir)
         with open(study.checkpoints(dense_key) + ".claim", "w") as f:
-            f.write(f"{sleeper.pid} {socket.gethostname()}")
+            f.write(held)
         capsys.readouterr()
         assert reproduce.main(argv) == 0
         printed = capsys.readouterr().out
