@@ -484,6 +484,16 @@ def table_rows(study, table):
                 rows.append(((MODEL_NAMES[model], topology), None, runs(model, "curve", {"topology": topology},
                                                                      "trained")))
     if table == "ablation":
+        # first the dense model that the one-time cells prune: under the paper recipe one of its
+        # seeds collapses too (LeNet-5), so the factors are shown on it as well
+        for model in ("lenet300", "lenet5"):
+            if model not in args.models:
+                continue
+            case = f"{MODEL_NAMES[model]} dense (the one-time runs' start)"
+            for factor, flags in ABLATION_FACTORS.items():
+                flags = [f.format(epochs=prune_retrain.MODELS[model]["epochs"]) for f in flags]
+                rows.append(((case, factor), PAPER_B[model]["orig"],
+                             {"paper": Cell("dense", model, "paper", tuple(flags), {}, "trained", None)}))
         for model, kind, v, stage, value in COLLAPSES:
             if model not in args.models:
                 continue

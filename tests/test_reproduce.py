@@ -387,3 +387,21 @@ def test_a_run_another_live_invocation_trains_is_left_to_it(tmp_path, capsys, re
     assert reproduce.claim(path) is None
     assert open(path).read().split()[0] == str(os.getpid())
     reproduce.release(path)
+
+
+def test_ablation_shows_the_dense_start_of_the_one_time_cells_without_training_more(tmp_path, real_data):
+    """The ablation's first rows: the dense model under each factor, the one the one-time cells
+    prune (LeNet-5's paper-recipe dense model collapses on one seed too). They are runs the
+    one-time cells need anyway: no run is added."""
+    args = reproduce.parse_args(["--ablation", "--models", "lenet300", "lenet5", "--out", str(tmp_path)])
+    study = reproduce.Study(args)
+    rows = reproduce.table_rows(study, "ablation")
+    dense = [r for r in rows if "dense" in r[0][0]]
+    assert [r[0] for r in dense[:2]] == [("LeNet-300-100 dense (the one-time runs' start)", "none (paper recipe)"),
+                                         ("LeNet-300-100 dense (the one-time runs' start)",
+                                          "init: He by actual fan-in, biases 0")]
+    assert len(dense) == 2 * len(reproduce.ABLATION_FACTORS)
+    assert {r[1] for r in dense} == {97.03, 99.25}  # the study's dense (orig) values
+    assert all(r[2]["paper"].kind == "dense" and r[2]["paper"].stage == "trained" for r in dense)
+    keys = lambda rs: {run[0] for run in reproduce.needed_runs(study, rs, [0, 1, 2])}  # noqa: E731
+    assert keys(dense) <= keys([r for r in rows if "one-time" in r[0][0]])
