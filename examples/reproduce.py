@@ -230,8 +230,7 @@ def claim(path: str) -> int | None:
             try:
                 with open(path) as f:
                     held = f.read()
-                parts = held.split(maxsplit=2)
-                pid, start, their_host = parts if len(parts) == 3 else (parts[0], "?", parts[1])  # or "pid host"
+                pid, start, their_host = held.split(maxsplit=2)
                 pid = int(pid)
             except (OSError, ValueError):  # removed meanwhile, or not a claim: try again
                 continue

@@ -49,7 +49,7 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import get_thread_id, njit, prange, types
+from numba import get_num_threads, get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -136,7 +136,7 @@ def matmul(a, b, out):
     if gemm is not None and a.dtype == b.dtype == out.dtype and out.flags.c_contiguous:
         ta, lda = _blas_operand(a)
         tb, ldb = _blas_operand(b)
-        threads = _num_threads()
+        threads = get_num_threads()
         if ta and tb and threads > 1:
             _gemm_bands(gemm, _state["set_local_addr"], _state["ilp64"], np.int32(ta), np.int32(tb),
                         a, lda, b, ldb, out, threads)
@@ -162,12 +162,6 @@ def matmul(a, b, out):
 _CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS = 101, 111, 112
 
 
-def _num_threads() -> int:
-    from numba import get_num_threads
-
-    return get_num_threads()
-
-
 def _blas_operand(m):
     """(CBLAS transpose flag, leading dimension) of a 2-D operand for a row-major call, or (0, 0)
     when BLAS cannot read it in place (neither C- nor Fortran-contiguous)."""
@@ -181,18 +175,19 @@ def _blas_operand(m):
 
 
 def _find_gemm() -> None:
-    """Record the addresses of NumPy's OpenBLAS cblas_sgemm/dgemm and openblas_set_num_threads_local."""
+    """Record the addresses of NumPy's OpenBLAS cblas_sgemm/dgemm and of the
+    openblas_set_num_threads_local that :func:`_find_set_threads_local` found."""
     _state["gemm"] = {}
     from numba import config
 
-    if os.environ.get("SPARSENN_DENSE_ON_NUMBA", "1") == "0" or config.DISABLE_JIT:  # (to compare; plain Python)
-        return
+    setl = _state["set_local"]
+    if os.environ.get("SPARSENN_DENSE_ON_NUMBA", "1") == "0" or config.DISABLE_JIT or setl is None:
+        return  # (to compare; plain Python; no thread-local BLAS setting to make the calls one-thread)
     for path in _loaded_openblas_paths():
         if "numpy" not in path:
             continue
         try:
             lib = ctypes.CDLL(path)
-            setl = lib.openblas_set_num_threads_local
             get_config = next((getattr(lib, n) for n in ("openblas_get_config", "scipy_openblas_get_config64_",
                                                           "scipy_openblas_get_config") if hasattr(lib, n)), None)
         except (OSError, AttributeError):
