@@ -230,13 +230,16 @@ def claim(path: str) -> int | None:
             try:
                 with open(path) as f:
                     held = f.read()
-                pid, start, their_host = held.split(maxsplit=2)
-                pid = int(pid)
-            except (OSError, ValueError):  # removed meanwhile, or not a claim: try again
+            except OSError:  # removed meanwhile: try again
                 continue
             if held == me:
                 return None
-            if their_host != host or _alive(pid, start):
+            try:
+                pid, start, their_host = held.split(maxsplit=2)
+                pid = int(pid)
+            except ValueError:  # not a claim this code writes (an older format): stale
+                pid = None
+            if pid is not None and (their_host != host or _alive(pid, start)):
                 return pid
             try:  # its process is gone: a stale claim
                 os.remove(path)

@@ -356,6 +356,10 @@ def test_a_run_another_live_invocation_trains_is_left_to_it(tmp_path, capsys, re
             f.write(f"{sleeper.pid} 1 {socket.gethostname()}")
         assert reproduce.claim(path) is None  # stale: taken over
         reproduce.release(path)
+        with open(path, "w") as f:  # an older format ("pid host"): stale, not held forever
+            f.write(f"{sleeper.pid} {socket.gethostname()}")
+        assert reproduce.claim(path) is None
+        reproduce.release(path)
         with open(path, "w") as f:
             f.write(held)
         assert reproduce.claim(path) == sleeper.pid
