@@ -792,7 +792,14 @@ def sum_batch_ref(dy):
     return np.sum(dy, axis=1)
 
 
-PARALLEL_ELEMENTS = 1 << 16  # elementwise passes over this many values or more use every thread
+# Elementwise passes over this many values or more use every thread. Called alone, a 300 x 100
+# pass is faster on one thread (below: waking the second costs more than it saves), but inside a
+# training step its input was just written by both threads' halves of a sparse product, and on
+# one thread half of it first crosses from the other core's cache. With the threshold at 2**14
+# instead of 2**16 (LeNet-300-100's 300 x 100 passes on both threads, its 100 x 100 ones on
+# one), the RadiX step's median went 283-289 -> 271-274 us in four interleaved pairs (Intel Xeon,
+# rocketlake, 2 threads; the mean 295-302 -> 282-296 us); the dense step did not move.
+PARALLEL_ELEMENTS = 1 << 14
 
 
 # ---------------------------------------------------------------------------------------------
@@ -805,8 +812,8 @@ def relu(x, out):
     """out = max(x, 0). x[n], out[n] (flat views of the activations). Cost O(n).
 
     NumPy's ``np.maximum(x, 0, out=out)`` took 9 us on a 300x100 float32 activation here (it
-    propagates NaNs with a slower loop); this loop takes 2, on one thread: at LeNet sizes
-    starting the thread pool would cost more than a second core saves.
+    propagates NaNs with a slower loop); this loop takes 2, on one thread. Wider passes take
+    :func:`relu_parallel` (``PARALLEL_ELEMENTS``).
     """
     for i in range(x.shape[0]):
         v = x[i]

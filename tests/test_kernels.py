@@ -309,7 +309,7 @@ def test_the_cpu_backend_takes_the_parallel_elementwise_kernels_for_wide_layers(
                  "sum_batch_parallel"):
         kernel = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
-    for rows in (300, kernels.PARALLEL_ELEMENTS // 100 + 1):  # a LeNet layer, then a wide one
+    for rows in (kernels.PARALLEL_ELEMENTS // 100 - 1, kernels.PARALLEL_ELEMENTS // 100 + 1):  # narrow, then wide
         x = rng.standard_normal((rows, 100)).astype(np.float32)
         y, dx, db = np.empty_like(x), np.empty_like(x), np.empty(rows, np.float32)
         backend_cpu.relu(x, y)
