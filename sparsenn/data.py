@@ -644,6 +644,14 @@ def _not_found(name, searched, expected, failures, download, target_hint) -> Dat
     return DatasetNotFoundError("\n".join(lines))
 
 
+def _note_fallback(name: str, root, searched: list[str], found, why: str) -> None:
+    """Say so on stderr when the caller named a ``root`` but the data came from a later place
+    on the search list (a mistyped --data-dir would otherwise go unnoticed)."""
+    if root is not None and searched:
+        print(f"sparsenn.data: {name} is not under the root given ({searched[0]}); "
+              f"using {found} [{why}]", file=sys.stderr)
+
+
 def _load_idx_dataset(name: str, root, download: bool, verify: bool) -> Dataset:
     subdir, checksums, mirrors, classes, mean, std = _IDX_DATASETS[name]
     expected = [f"{subdir}/{f}[.gz]" for f in IDX_FILES]
@@ -660,6 +668,7 @@ def _load_idx_dataset(name: str, root, download: bool, verify: bool) -> Dataset:
         if missing:
             searched.append(f"{directory}  [{why}]: missing {', '.join(missing)}")
             continue
+        _note_fallback(name, root, searched, directory, why)
         arrays = _load_idx_dir(directory, name, checksums, verify)
         return Dataset(name, directory, *arrays, classes=classes, mean=mean, std=std,
                        verified=verify)
@@ -758,6 +767,7 @@ def load_cifar10(root=None, download: bool = True, verify: bool = True) -> Datas
     for base, why in search_roots(root):
         arrays, where = _cifar_in(base, verify)
         if arrays is not None:
+            _note_fallback("cifar10", root, searched, where, why)
             return dataset(arrays, where)
         searched.append(f"{base}  [{why}]: {where}")
 

@@ -328,6 +328,20 @@ def test_offline_without_data_lists_everything(tmp_path, monkeypatch):
         load_cifar10(root=tmp_path / "explicit", download=False)
 
 
+def test_a_root_without_the_data_is_reported_when_another_place_has_it(tmp_path, monkeypatch, capsys, rng):
+    # a mistyped --data-dir must not go unnoticed: the data then comes from $SPARSENN_DATA,
+    # and stderr says so, naming both places
+    write_idx_dataset(tmp_path / "env" / "mnist", rng, gz=(False,) * 4)
+    monkeypatch.setenv("SPARSENN_DATA", str(tmp_path / "env"))
+    ds = load_mnist(tmp_path / "typo", download=False, verify=False)
+    assert ds.source == tmp_path / "env" / "mnist"
+    err = capsys.readouterr().err
+    assert "not under the root given" in err and str(tmp_path / "typo") in err and str(tmp_path / "env") in err
+    load_mnist(tmp_path / "env", download=False, verify=False)  # found where asked: nothing said
+    load_mnist(download=False, verify=False)  # no root given: nothing said
+    assert capsys.readouterr().err == ""
+
+
 def test_hint_when_files_sit_directly_in_root(tmp_path, rng):
     write_idx_dataset(tmp_path / "flat", rng)
     with pytest.raises(DatasetNotFoundError, match="pass its parent instead"):
