@@ -18,7 +18,8 @@ into sparsenn's activation layout ``(n_features, batch)``::
 
 Where data is looked for, in order (the first directory holding every file wins):
 
-1. ``root``, when the caller passes one;
+1. ``root``, when the caller passes one (if the data then comes from a later place, a line on
+   stderr says so);
 2. ``$SPARSENN_DATA``;
 3. the project's ``data/`` directory (``<repo>/data``; see ``data/README.md``);
 4. the user cache ``$XDG_CACHE_HOME/sparsenn`` (default ``~/.cache/sparsenn``), where downloads
