@@ -334,7 +334,20 @@ def check_sparse_mlp(widths, topology_name: str = "radix", fan_in=None, density=
     scripts that check every model of a study before training the first."""
     _check_mlp_args(widths, topology_name, fan_in, density, n_inputs)
     if topology_name in ("radix", "random-equivalent"):
-        topology.check_radix_mlp(n_inputs, widths, fan_in)
+        _radix_structure(topology_name, topology.check_radix_mlp, n_inputs, widths, fan_in)
+
+
+def _radix_structure(topology_name, build, *args):
+    """``build(*args)`` (the RadiX-Net MLP or its check); a "random-equivalent" model's error
+    says that its in-degrees come from that RadiX-Net, which is why the widths must fit one."""
+    try:
+        return build(*args)
+    except ValueError as e:
+        if topology_name == "radix" or isinstance(e, topology.TopologyTooLarge):
+            raise
+        raise ValueError(f"random-equivalent takes each neuron's in-degree from the RadiX-Net of the "
+                         f"same widths and fan_in, which cannot be built: {e} (sparse_mlp's topology 'random' "
+                         f"draws fan_in inputs per neuron uniformly and has no such limit)") from None
 
 
 def _check_mlp_args(widths, topology_name, fan_in, density, n_inputs) -> None:
@@ -372,7 +385,7 @@ def sparse_mlp_masks(widths, topology_name: str = "radix", fan_in=None, density=
     n_ins = [n_inputs] + list(widths[:-1])
     pairs = list(zip(widths, n_ins))  # (n_out, n_in) of each sparse layer
     if topology_name in ("radix", "random-equivalent"):
-        masks = topology.radix_mlp(n_inputs, widths, fan_in)
+        masks = _radix_structure(topology_name, topology.radix_mlp, n_inputs, widths, fan_in)
         if topology_name == "radix":
             return masks
         # replace each RadiX layer as soon as its random twin is drawn: one extra layer alive

@@ -419,6 +419,18 @@ def test_check_sparse_mlp_refuses_what_radix_mlp_refuses_without_building(widths
     models.check_sparse_mlp([2**18] * 4, "random-equivalent", fan_in=32)
 
 
+def test_a_random_equivalent_model_that_cannot_be_built_says_why_in_its_own_terms(rng):
+    # its in-degrees are a RadiX-Net's: the error names that, and the topology that has no such limit
+    for call in (lambda: models.check_sparse_mlp([7] * 4, "random-equivalent", fan_in=32),
+                 lambda: models.sparse_mlp([7] * 4, "random-equivalent", fan_in=32, rng=rng)):
+        with pytest.raises(ValueError, match="random-equivalent takes each neuron's in-degree from the RadiX-Net.*"
+                                             "no first-layer radix r_0.*topology 'random' draws"):
+            call()
+    with pytest.raises(ValueError) as radix:
+        models.check_sparse_mlp([7] * 4, "radix", fan_in=32)
+    assert "random-equivalent" not in str(radix.value)
+
+
 def test_cli_widths_and_mlp(capsys):
     assert T.main(["widths", "--widths", "800,300,100", "--out-degrees", "30,10"]) == 0
     out = capsys.readouterr().out
