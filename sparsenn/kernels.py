@@ -797,8 +797,9 @@ def sum_batch_ref(dy):
 # training step its input was just written by both threads' halves of a sparse product, and on
 # one thread half of it first crosses from the other core's cache. With the threshold at 2**14
 # instead of 2**16 (LeNet-300-100's 300 x 100 passes on both threads, its 100 x 100 ones on
-# one), the RadiX step's median went 283-289 -> 271-274 us in four interleaved pairs (Intel Xeon,
-# rocketlake, 2 threads; the mean 295-302 -> 282-296 us); the dense step did not move.
+# one), the RadiX step's median went 283-289 -> 271-274 us in four interleaved pairs (bench_train.py's
+# loop timed phase by phase in a script not kept; Intel Xeon, rocketlake, 2 threads; the mean
+# 295-302 -> 282-296 us); the dense step did not move. bench_train.py: README, "Kernels".
 PARALLEL_ELEMENTS = 1 << 14
 
 
