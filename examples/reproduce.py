@@ -606,7 +606,7 @@ def write_table(study, table, seeds) -> list:
             text, mean, std, n = cell_text(recs)
             texts.append(text)
             csv_cells += ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}", str(n)]
-            stats[r] = (mean, std)
+            stats[r] = (mean, std, [100 * rec["test_acc"] for rec in recs if rec and not rec.get("diverged")])
             extra = {"case": label[0], "factor": label[1], "flags": list(cell.flags)} if table == "ablation" else {}
             records += [{**rec, "table": table, "cell": " | ".join(label), **extra} for rec in recs if rec]
         md.append("| " + " | ".join(list(label) + ([] if table == "curves" else [f"{ref:.2f}"]) + texts) + " |")
@@ -652,29 +652,38 @@ STYLE = {"2019": dict(linestyle="--", marker="s"), "paper": dict(linestyle="-", 
 def plot_table(path, table, plotted, here) -> None:
     """One panel per model: accuracy against sparsity ((a), (b); evenly spaced, as the 2019
     tables list them) or against f ((c), log scale). 2019 dashed, ours solid (paper recipe)
-    and dotted (default recipe); one colour per column of the table."""
+    and dotted (default recipe): the mean over the seeds with +- std bars, and each seed as
+    a small point, so that a cell where one seed collapsed (a bimodal cell, whose std bar
+    says little) shows as what it is. One colour per column of the table."""
     plt = plot_lib()
     panels = {}
     for label, ref, stats in plotted:
         series = label[1] if table in ("b", "c") else "one-time pruned"
         x = float(label[-1])
         panels.setdefault(label[0], {}).setdefault(series, []).append((x, ref, stats))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6), squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
         xs = sorted({x for pts in series.values() for x, _, _ in pts})
 
-        def pos(x):  # (c): f on a log axis; (a), (b): the sparsities evenly spaced, as the tables list them
-            return x if table == "c" else xs.index(x)
+        def pos(x, shift=0.0):  # (c): f on a log axis; (a), (b): the sparsities evenly spaced
+            return x * 10 ** (shift / 2) if table == "c" else xs.index(x) + shift
 
+        ours = False
         for i, (name, pts) in enumerate(series.items()):
             colour = f"C{i}"
             ax.plot([pos(x) for x, _, _ in pts], [ref for _, ref, _ in pts], color=colour, label=f"{name}, 2019",
                     **STYLE["2019"])
-            for r in here:
-                got = [(pos(x), st[r]) for x, _, st in pts if st.get(r) and st[r][0] is not None]
-                if got:
-                    ax.errorbar([g[0] for g in got], [g[1][0] for g in got], yerr=[g[1][1] for g in got],
-                                color=colour, capsize=3, label=f"{name}, ours ({r})", **STYLE[r])
+            for j, r in enumerate(here):
+                got = [(x, st[r]) for x, _, st in pts if st.get(r) and st[r][0] is not None]
+                if not got:
+                    continue
+                ax.errorbar([pos(x) for x, _ in got], [g[0] for _, g in got], yerr=[g[1] for _, g in got],
+                            color=colour, capsize=3, label=f"{name}, ours ({r}): mean ± std", **STYLE[r])
+                shift = 0.08 * (1 if j else -1)  # each recipe's seeds beside its mean, not on it
+                seeds = [(pos(x, shift), a) for x, g in got for a in g[2]]
+                ax.scatter([s[0] for s in seeds], [s[1] for s in seeds], s=18, color=colour,
+                           marker=STYLE[r]["marker"], alpha=0.6, linewidths=0)
+                ours = True
         if table == "c":
             ax.set_xscale("log")
             ax.set_xlabel("factor f")
@@ -682,17 +691,19 @@ def plot_table(path, table, plotted, here) -> None:
             ax.set_xticks(range(len(xs)))
             ax.set_xticklabels([f"{x:g}" for x in xs])
             ax.set_xlabel("sparsity")
-        ax.set_title(panel)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(panel if ours else f"{panel}: 2019 only (no runs here)")
+        ax.set_ylabel("test accuracy (%); small points: single seeds")
+        ax.set_ylim(top=100.5)  # a std bar of a bimodal cell would reach past 100%
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_curves(path, records) -> None:
-    """Test accuracy against step, one panel per model: mean over seeds per (topology, recipe)."""
+    """Test accuracy against step, one panel per model: the mean over seeds per (topology,
+    recipe), and each seed as a thin faint line of the same colour and style."""
     plt = plot_lib()
     panels = {}
     for r in records:
@@ -703,12 +714,15 @@ def plot_curves(path, records) -> None:
         for (topology, recipe), curves in sorted(series.items()):
             n = min(len(c) for c in curves)
             steps = [c[0] for c in curves[0][:n]]
-            acc = 100 * np.mean([[c[1] for c in curve[:n]] for curve in curves], axis=0)
-            colour = {"dense": "C0", "radix": "C1", "random": "C2"}[topology]
-            ax.plot(steps, acc, color=colour, linestyle=STYLE[recipe]["linestyle"], label=f"{topology} ({recipe})")
+            accs = 100 * np.array([[c[1] for c in curve[:n]] for curve in curves])  # (seeds, points)
+            colour, style = {"dense": "C0", "radix": "C1", "random": "C2"}[topology], STYLE[recipe]["linestyle"]
+            for acc in accs:
+                ax.plot(steps, acc, color=colour, linestyle=style, linewidth=0.7, alpha=0.35)
+            ax.plot(steps, accs.mean(axis=0), color=colour, linestyle=style,
+                    label=f"{topology} ({recipe}), mean of {len(accs)}")
         ax.set_title(MODEL_NAMES[model])
         ax.set_xlabel("step")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy (%); thin: single seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
