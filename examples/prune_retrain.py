@@ -86,9 +86,21 @@ MODELS = {
 
 def build(cfg, rng, masks=None):
     """A fresh network of ``cfg['model']`` on ``masks`` (None: dense), initialised (and its
-    logits, biases and weight decay set) as cfg's recipe says (``sparsenn.recipes``)."""
+    logits, biases and weight decay set) as cfg's recipe says (``sparsenn.recipes``).
+
+    A mask may be empty: one global magnitude threshold can take every weight of a layer (a
+    99%-pruned model whose training had collapsed, its largest layer's weights decayed toward
+    zero, loses all of fc1). That is a result of the pruning, not a mistake in the input, so
+    the network is built as it is (``allow_empty``) and trains to chance; :func:`retrain` names
+    the empty layers in its log line and its record."""
     spec = MODELS[cfg["model"]]
-    return spec["build"](rng, masks=masks, **recipes.model_options(cfg, convolutional=spec["conv"]))
+    return spec["build"](rng, masks=masks, allow_empty=masks is not None,
+                         **recipes.model_options(cfg, convolutional=spec["conv"]))
+
+
+def empty_layers(model) -> list:
+    """Names of the weight layers with no connections left."""
+    return [l.name for l, m in zip(model.weight_layers(), pruning.model_masks(model)) if m.nnz == 0]
 
 
 # ---- defaults: the whole study takes ~6 minutes per seed on 2 cores (~30 training runs) ----
@@ -300,9 +312,14 @@ def retrain(masks, sparsity, method, seed, arrays, cfg, w0, say):
         model = build(cfg, np.random.default_rng([seed, 1]), masks=masks)
         if initial is not None:
             pruning.rewind(model, initial)
+        empty = empty_layers(model)
+        if empty:
+            say(f"{method} {100 * sparsity:g}%: pruning left {', '.join(empty)} with no connections: "
+                f"the {stage} network passes on only their biases, so it can learn nothing")
         summary, _ = train(model, arrays, cfg, seed)
         out.append(record(sparsity, method, stage, seed, model, summary["test_acc"],
-                          seconds=time.perf_counter() - t0, epoch_seconds=summary["epoch_seconds"]))
+                          seconds=time.perf_counter() - t0, epoch_seconds=summary["epoch_seconds"],
+                          **({"empty_layers": empty} if empty else {})))
         say(f"{method} {100 * sparsity:g}%: {stage} {100 * summary['test_acc']:.2f}% "
             f"(nnz {out[-1]['nnz']:,}, {out[-1]['seconds']:.1f} s)")
     return out

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from sparsenn import augment, data, recipes, schedules, topology
+from sparsenn import augment, data, pruning, recipes, schedules, topology
 from sparsenn.conv import Conv2d, SparseConv2d
 from sparsenn.init import FixedTruncatedNormal, dense_weights
 from sparsenn.layers import Linear, ReLU, Sequential, SparseLinear
@@ -209,6 +209,26 @@ def test_cifar_runs_redraw_their_crops(rng):
     model = prune_retrain.build(cfg, np.random.default_rng(0))
     summary, _ = prune_retrain.train(model, arrays, cfg, seed=0)
     assert summary["steps"] == 8 and np.all(np.isfinite(arrays.x_train)) and arrays.x_train.std() > 0.5
+
+
+def test_retraining_on_a_mask_that_pruning_emptied(rng, capsys):
+    """One global threshold can take every weight of a layer (it did: LeNet-5 at 0.99 after a
+    collapsed dense run, He init, seed 2, lost all of fc1). Retraining then trains a network
+    that passes on only that layer's biases, and says so, instead of stopping the whole table."""
+    images = rng.integers(0, 256, (40, 784), dtype=np.uint8)
+    arrays = ArrayData(images, rng.integers(0, 10, 40), images[:10], rng.integers(0, 10, 10),
+                       np.full(784, 1 / 255, np.float32), np.zeros(784, np.float32))
+    args = vars(prune_retrain.parse_args(["--model", "lenet300", "--recipe", "paper", "--steps", "4",
+                                          "--batch-size", "10", "--no-rewind"]))
+    cfg = prune_retrain.study_config(args, len(images))
+    masks = pruning.model_masks(prune_retrain.build(cfg, np.random.default_rng(0)))
+    masks[0] = masks[0] * False  # fc1: every connection pruned
+    said = []
+    (rec,) = prune_retrain.retrain(masks, 0.99, "one-time", 0, arrays, cfg, None, said.append)
+    assert rec["empty_layers"] == ["fc1"] and rec["nnz"] == masks[1].nnz + masks[2].nnz
+    assert "pruning left fc1 with no connections" in said[0] and 0 <= rec["test_acc"] <= 1
+    with pytest.raises(ValueError, match="no connections"):  # a model built by hand still refuses it
+        lenet300("dense", rng, masks=masks)
 
 
 # ---- examples/reproduce.py ------------------------------------------------------------------
