@@ -36,8 +36,9 @@ def logits_before_relu(model, x):
 
 def main():
     args = reproduce.parse_args(["--table", "a", "--models", "lenet5", "--report-only"])
-    cfg = reproduce.Study(args).cfg("lenet5", "paper")  # the data exactly as the study's runs see it
-    arrays = reproduce.Study(args).arrays(cfg)
+    study = reproduce.Study(args)
+    cfg = study.cfg("lenet5", "paper")  # the data exactly as the study's runs see it
+    arrays = study.arrays(cfg)
     x = np.ascontiguousarray(arrays.features("test").T, dtype=np.float32)  # (784, 10,000), pixels in [0, 1]
     print("share of test images with a logit above zero, per class 0-9 (%); dead: under 5%")
     for name, kw in (("dense", dict(topology="dense")), ("random f=0.01", dict(topology="random", factor=0.01))):
