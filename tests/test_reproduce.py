@@ -211,7 +211,7 @@ def test_cifar_runs_redraw_their_crops(rng):
     assert summary["steps"] == 8 and np.all(np.isfinite(arrays.x_train)) and arrays.x_train.std() > 0.5
 
 
-def test_retraining_on_a_mask_that_pruning_emptied(rng, capsys):
+def test_retraining_on_a_mask_that_pruning_emptied(rng):
     """One global threshold can take every weight of a layer (it did: LeNet-5 at 0.99 after a
     collapsed dense run, He init, seed 2, lost all of fc1). Retraining then trains a network
     that passes on only that layer's biases, and says so, instead of stopping the whole table."""
