@@ -2,6 +2,7 @@
 
 A benchmark, not a test: timings on a shared machine are noisy, and the exit code is 0 whatever
 the targets say unless ``--check`` is given. Run: python examples/bench_kernels.py [--json PATH]
+[--plot PATH]; ``--replot JSON --plot PATH`` draws an earlier run's records without timing anything.
 
 For a weight matrix ``W`` (rows x cols) = (n_out, n_in) and features-major activations
 ``x: (n_in, batch)``, ``dy: (n_out, batch)``, each implementation does the three products of a
@@ -370,6 +371,116 @@ def print_sweep(sweep_cases, results):
               f"{max(faster):g}" + (" (the whole sweep)" if len(faster) == len(sweep_cases) else ""))
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The figure (--plot), from a run's records or a saved --json (--replot)
+# ---------------------------------------------------------------------------------------------
+
+PLOT_MARKERS = {"plain": ("_", "textbook loop"), "scipy": ("o", "scipy.sparse"), "torch": ("x", "PyTorch CSR")}
+
+
+def read_records(path: str) -> list[dict]:
+    """The records a ``--json`` run wrote, checked enough to draw: a list of dicts with one
+    ``sgemm`` record and kernel records carrying ``op rows cols density impl median_s gflops``.
+    Raises ValueError naming what is wrong."""
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e.msg}, line {e.lineno}): give the file a --json run wrote") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected a list of records, as --json writes")
+    if sum(r.get("op") == "sgemm" for r in records) != 1:
+        raise ValueError(f"{path}: expected one dense SGEMM record (op 'sgemm'); is it a bench_kernels.py --json file?")
+    need = {"op", "rows", "cols", "density", "impl", "median_s", "gflops"}
+    for r in records:
+        if r["op"] != "sgemm" and not need <= r.keys():
+            raise ValueError(f"{path}: a record lacks {', '.join(sorted(need - r.keys()))}: {r}")
+    return records
+
+
+def _label(rows, cols, density) -> str:
+    """The case's label as the tables print it (fixed fan-in cases by their entries per row)."""
+    case = next((c for c in CASES if (c.rows, c.cols, c.density) == (rows, cols, density)), None)
+    return (case or Case(rows, cols, density)).label
+
+
+def plot_results(records: list[dict], path: str, title: str = "") -> dict:
+    """Draw a run's records to ``path`` (any format matplotlib writes, by its extension).
+
+    Left: useful GFLOP/s of every product of every case timed with all three products (bars:
+    sparsenn; markers: the textbook loops, scipy.sparse, PyTorch), against the dense SGEMM rate
+    of the same run and the two target levels of issue #12 (0.5x and, under 20,000 weights,
+    0.3x of it). Right: the forward density sweep, ms per call against density, sparsenn and
+    dense NumPy. Returns what it drew: ``{"bars": {(label, op): GFLOP/s}, "sweep": {impl:
+    [(density, ms), ...]}, "sgemm": GFLOP/s}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sgemm = next(r["gflops"] for r in records if r["op"] == "sgemm")
+    kern = [r for r in records if r["op"] != "sgemm"]
+    full = sorted({(r["rows"], r["cols"], r["density"]) for r in kern if r["op"] == "backward_input"},
+                  key=lambda k: (k[0] * k[1], k[2]))
+    rate = {(r["rows"], r["cols"], r["density"], r["op"], r["impl"]): r["gflops"] for r in kern}
+    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    drawn = {"bars": {}, "sweep": {}, "sgemm": sgemm}
+    width = 0.27
+    for i, key in enumerate(full):
+        for j, op in enumerate(OPS):
+            x = i + (j - 1) * width
+            g = rate.get((*key, op, "sparsenn"))
+            if g is not None:
+                ax.bar(x, g, width * 0.95, color=f"C{j}", label=f"sparsenn {op}" if i == 0 else None)
+                drawn["bars"][(_label(*key), op)] = g
+            for impl, (marker, name) in PLOT_MARKERS.items():
+                g = rate.get((*key, op, impl))
+                if g is not None:
+                    ax.plot(x, g, marker, color="k", ms=9 if marker == "_" else 5, mew=1.5,
+                            label=name if (i, j) == (0, 0) or (impl, j) == ("scipy", 0) and i == 0 else None)
+    handles, labels = ax.get_legend_handles_labels()
+    seen = {}
+    for h, lab in zip(handles, labels):
+        seen.setdefault(lab, h)
+    for level, style, what in ((1.0, "-", "dense SGEMM"), (0.5, "--", "0.5x SGEMM: target"),
+                               (0.3, ":", "0.3x SGEMM: target under 20,000 weights")):
+        seen[f"{what} ({level * sgemm:.0f} GFLOP/s)"] = ax.axhline(level * sgemm, ls=style, color="0.4", lw=1)
+    top = max([sgemm] + list(drawn["bars"].values()) + [r["gflops"] for r in kern if (r["rows"], r["cols"], r["density"]) in full])
+    ax.set_ylim(0, 1.3 * top)  # room for the legend above the bars
+    ax.set_xticks(range(len(full)))
+    ax.set_xticklabels([_label(*k).replace(" ", "\n") for k in full])
+    ax.set_ylabel(f"useful GFLOP/s (2 nnz batch / time), batch {BATCH}")
+    ax.set_title("the three products of a sparse layer against dense SGEMM")
+    ax.legend(seen.values(), seen.keys(), fontsize=7.5, ncol=2, loc="upper left")
+    ax.grid(True, axis="y", alpha=0.3)
+    sweep = {}
+    for r in kern:
+        if r["op"] == "forward" and (r["rows"], r["cols"]) == (SWEEP.rows, SWEEP.cols) \
+                and r["impl"] in ("sparsenn", "dense_numpy"):
+            sweep.setdefault(r["impl"], []).append((r["density"], r["median_s"] * 1e3))
+    for impl, style, name in (("sparsenn", "o-", "sparsenn (CSR)"), ("dense_numpy", "s--", "dense NumPy W @ x")):
+        pts = sorted(sweep.get(impl, []))
+        if pts:
+            ax_s.plot(*zip(*pts), style, label=name)
+            drawn["sweep"][impl] = pts
+    ax_s.set_xscale("log")
+    ax_s.set_yscale("log")
+    ax_s.set_xlabel("density (stored weights / 300 x 784)")
+    ax_s.set_ylabel("ms per call")
+    ax_s.set_title(f"forward {SWEEP.shape}: where sparse stops paying")
+    ax_s.grid(True, which="both", alpha=0.3)
+    ax_s.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def check_targets(cases, results, sgemm) -> list[tuple[str, str, str, float | None]]:
     """Each target as (PASS/FAIL/SKIP, what, case label, ratio): ratio = other's time / sparsenn's,
     or, for the SGEMM targets, sparsenn's GFLOP/s / dense SGEMM's in this run."""
@@ -590,6 +701,10 @@ def parse_args(argv):
                     help=f"comma-separated shapes to run, from {', '.join(shapes)} (default all); "
                          f"the density sweep runs when {SWEEP.shape} is among them")
     ap.add_argument("--check", action="store_true", help="exit 1 if any target FAILs")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw the run's GFLOP/s against SGEMM and the density sweep here (matplotlib; .png, .pdf, .svg)")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="instead of timing: draw --plot from the records an earlier --json run wrote")
     ap.add_argument("--asm", action="store_true",
                     help="instead: compile the hot kernels afresh and count their AVX-512 FMA instructions")
     ap.add_argument("--bandwidth", action="store_true",
@@ -599,7 +714,22 @@ def parse_args(argv):
                     help=f"instead: the three products on square layers of {', '.join(f'{n:,}' for n in SCALE_SIZES)} "
                          f"neurons, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}, RadiX and random (beyond the caches)")
     args = ap.parse_args(argv)
-    cli.check_output_paths(args, files=("json",), parser=ap)
+    cli.check_output_paths(args, files=("json", "plot"), parser=ap)
+    if args.replot and not args.plot:
+        ap.error("--replot draws to --plot PATH: give both")
+    if args.plot and (args.asm or args.bandwidth or args.scale):
+        ap.error("--plot draws the main benchmark; --asm, --bandwidth and --scale have no figure")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("--plot needs matplotlib, which is not installed: pip install 'sparsenn[plot]' "
+                     "(or pip install matplotlib)")
+    if args.replot:
+        try:
+            args.replot_records = read_records(args.replot)
+        except ValueError as e:
+            ap.error(f"--replot: {e}")
     if args.cases:
         args.cases = [s.strip() for s in args.cases.split(",") if s.strip()]
         bad = [s for s in args.cases if s not in shapes]
@@ -612,8 +742,18 @@ def parse_args(argv):
     return args
 
 
+def _plot_title(machine, source=None) -> str:
+    where = f"{machine['cpu']} ({machine['llvm_cpu']} to Numba), {machine['cpus']} CPUs" if machine else "machine not recorded"
+    return f"sparsenn kernel benchmark, batch {BATCH}: {where}" + (f"; records from {source}" if source else "")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:  # nothing timed: the figure of an earlier run
+        sgemm = next(r for r in args.replot_records if r["op"] == "sgemm")
+        plot_results(args.replot_records, args.plot, _plot_title(sgemm.get("machine"), args.replot))
+        print(f"plot: {args.plot} (from {args.replot})")
+        return 0
     wall = time.perf_counter()
     timing = dict(QUICK) if args.quick else dict(min_time=MIN_TIME, max_calls=MAX_CALLS, min_calls=MIN_CALLS)
     if args.repeats is not None:
@@ -705,12 +845,15 @@ def main(argv=None) -> int:
     print(f"{sum(v == 'PASS' for v, *_ in verdicts)} passed, {failed} failed, "
           f"{sum(v == 'SKIP' for v, *_ in verdicts)} skipped; elapsed {time.perf_counter() - wall:.1f} s")
 
+    records = [dict(op=op, rows=case.rows, cols=case.cols, density=case.density, batch=BATCH,
+                    impl=impl, median_s=t, gflops=gflops(case, t), of_sgemm=gflops(case, t) / sgemm)
+               for (case, op, impl), t in results.items()]
+    records.append(dict(op="sgemm", rows=SGEMM[0], cols=SGEMM[1], density=1.0, batch=BATCH,
+                        impl="dense_numpy", gflops=sgemm, machine=machine))
+    if args.plot:
+        plot_results(records, args.plot, _plot_title(machine))
+        print(f"plot: {args.plot}")
     if args.json:
-        records = [dict(op=op, rows=case.rows, cols=case.cols, density=case.density, batch=BATCH,
-                        impl=impl, median_s=t, gflops=gflops(case, t), of_sgemm=gflops(case, t) / sgemm)
-                   for (case, op, impl), t in results.items()]
-        records.append(dict(op="sgemm", rows=SGEMM[0], cols=SGEMM[1], density=1.0, batch=BATCH,
-                            impl="dense_numpy", gflops=sgemm, machine=machine))
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -35,7 +35,8 @@ def quick_run(tmp_path_factory):
     then stay in the test process beside Numba's.
     """
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--cases", "100x300", "--json", str(path)],
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--cases", "100x300", "--json", str(path),
+                           "--plot", str(path.with_suffix(".png"))],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout, json.loads(path.read_text())
@@ -94,6 +95,73 @@ def test_report_prints_threads_table_and_targets(quick_run):
     assert any(line.startswith(("PASS  forward", "FAIL  forward")) for line in out.splitlines())
     if not HAVE_TORCH:
         assert "PyTorch is not installed" in out
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_is_written_by_the_run(quick_run):
+    out, _ = quick_run
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("plot: ")]
+    with open(line.split("plot: ", 1)[1], "rb") as f:
+        assert f.read(8) == PNG
+
+
+def test_the_figure_draws_the_records_numbers(quick_run, tmp_path):
+    """What plot_results draws is the records' own: every sparsenn bar is its record's GFLOP/s,
+    the SGEMM line the run's rate, the sweep each density's median time; nothing invented."""
+    _, records = quick_run
+    bench = load_script()
+    sweep = [dict(op="forward", rows=300, cols=784, density=d, batch=128, impl=impl, median_s=t, gflops=1.0)
+             for d, t_sp, t_dense in ((0.01, 1e-5, 3e-4), (0.5, 3e-4, 3e-4), (1.0, 5e-4, 3e-4))
+             for impl, t in (("sparsenn", t_sp), ("dense_numpy", t_dense))]
+    drawn = bench.plot_results(records + sweep, str(tmp_path / "f.svg"))
+    assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")  # the extension picks the format
+    sgemm = next(r for r in records if r["op"] == "sgemm")["gflops"]
+    assert drawn["sgemm"] == sgemm
+    mine = {(r["op"]): r["gflops"] for r in records if r["op"] != "sgemm" and r["impl"] == "sparsenn"}
+    assert drawn["bars"] == {("100x300 d=0.1", op): g for op, g in mine.items()}
+    assert drawn["sweep"] == {"sparsenn": [(0.01, 1e-2), (0.5, 0.3), (1.0, 0.5)],
+                              "dense_numpy": [(0.01, 0.3), (0.5, 0.3), (1.0, 0.3)]}
+
+
+def test_replot_draws_a_saved_run_without_timing(quick_run, tmp_path):
+    _, records = quick_run
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(records))
+    proc = subprocess.run([sys.executable, SCRIPT, "--replot", str(saved), "--plot", str(tmp_path / "again.png")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "timing" not in proc.stdout + proc.stderr  # nothing was timed
+    assert (tmp_path / "again.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("content, argv_tail, message", [
+    (None, ["--plot", "x.png"], "--replot: cannot read"),
+    ("not json", ["--plot", "x.png"], "is not JSON"),
+    ('{"op": "sgemm"}', ["--plot", "x.png"], "expected a list of records"),
+    ('[{"op": "forward"}]', ["--plot", "x.png"], "expected one dense SGEMM record"),
+    ('[{"op": "sgemm", "gflops": 1}, {"op": "forward", "rows": 1}]', ["--plot", "x.png"], "a record lacks"),
+    ("[]", [], "--replot draws to --plot PATH"),
+])
+def test_replot_refuses_what_it_cannot_draw(tmp_path, capsys, content, argv_tail, message):
+    bench = load_script()
+    path = tmp_path / "in.json"
+    if content is not None:
+        path.write_text(content)
+    tail = [a if a != "x.png" else str(tmp_path / a) for a in argv_tail]
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--replot", str(path), *tail])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_is_for_the_main_benchmark_only(capsys):
+    bench = load_script()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--scale", "--plot", "x.png"])
+    assert "have no figure" in capsys.readouterr().err
 
 
 def test_fixed_fan_in_case_has_exactly_that_many_sorted_columns_per_row():
