@@ -392,8 +392,15 @@ def read_records(path: str) -> list[dict]:
         raise ValueError(f"{path} is not JSON ({e.msg}, line {e.lineno}): give the file a --json run wrote") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError(f"{path}: expected a list of records, as --json writes")
+    if records and all(r.get("kind") in ("scale", "machine") for r in records):  # a --scale run's
+        need = {"topology", "neurons", "op", "gflops", "vs_smallest", "batch"}
+        for r in records:
+            if r["kind"] == "scale" and not need <= r.keys():
+                raise ValueError(f"{path}: a --scale record lacks {', '.join(sorted(need - r.keys()))}: {r}")
+        return records
     if sum(r.get("op") == "sgemm" for r in records) != 1:
-        raise ValueError(f"{path}: expected one dense SGEMM record (op 'sgemm'); is it a bench_kernels.py --json file?")
+        raise ValueError(f"{path}: expected one dense SGEMM record (op 'sgemm'), or --scale records; "
+                         "is it a bench_kernels.py --json file?")
     need = {"op", "rows", "cols", "density", "impl", "median_s", "gflops"}
     for r in records:
         if r["op"] != "sgemm" and not need <= r.keys():
@@ -581,16 +588,18 @@ def asm_report(blocks_only: bool = False) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def scale_study(timing) -> int:
+def scale_study(timing) -> tuple[int, list[dict]]:
     """Each product on an n x n layer with in-degree SCALE_FAN_IN (a RadiX-Net layer and a random
-    one), batch SCALE_BATCH; GFLOP/s and the ratio to the same kernel at the smallest size."""
+    one), batch SCALE_BATCH; GFLOP/s and the ratio to the same kernel at the smallest size.
+    Returns the number of failed targets and one record per (topology, neurons, op): ``kind
+    "scale", topology, neurons, nnz, batch, op, median_s, gflops, vs_smallest``."""
     from sparsenn import topology
 
     print(f"\nLayers beyond the caches: n x n, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}; useful GFLOP/s "
           f"and the ratio to the same kernel and topology at {SCALE_SIZES[0]:,} neurons")
     print(f"{'topology':<8} {'neurons':>9} {'nnz':>12} {'x MB':>6}" + "".join(f"{op:>16}" for op in OPS)
           + "".join(f"{'vs ' + str(SCALE_SIZES[0]):>9}" for _ in OPS))
-    rates, verdicts = {}, []
+    rates, verdicts, records = {}, [], []
     for name in ("radix", "random"):
         for n in SCALE_SIZES:
             rng = np.random.default_rng([SEED, n])
@@ -610,8 +619,11 @@ def scale_study(timing) -> int:
                 t = median_time(fns[op], lambda _: None, **timing)
                 rates[(name, n, op)] = 2 * p.nnz * SCALE_BATCH / t / 1e9
                 line += f"{rates[(name, n, op)]:>16.1f}"
+                records.append(dict(kind="scale", topology=name, neurons=n, nnz=p.nnz, batch=SCALE_BATCH, op=op,
+                                    median_s=t, gflops=rates[(name, n, op)]))
             for op in OPS:
                 r = rates[(name, n, op)] / rates[(name, SCALE_SIZES[0], op)]
+                records[-len(OPS) + OPS.index(op)]["vs_smallest"] = r
                 line += f"{r:>9.2f}"
                 if n == SCALE_SIZES[-1]:
                     verdicts.append(("PASS" if r >= SCALE_TARGET else "FAIL", name, op, r))
@@ -619,7 +631,7 @@ def scale_study(timing) -> int:
     print(f"\nTarget: GFLOP/s at {SCALE_SIZES[-1]:,} neurons >= {SCALE_TARGET}x the rate at {SCALE_SIZES[0]:,}:")
     for verdict, name, op, r in verdicts:
         print(f"{verdict}  {name:<7} {op:<15} {r:.2f}x")
-    return sum(v == "FAIL" for v, *_ in verdicts)
+    return sum(v == "FAIL" for v, *_ in verdicts), records
 
 
 @numba.njit(cache=True)
@@ -702,7 +714,8 @@ def parse_args(argv):
                          f"the density sweep runs when {SWEEP.shape} is among them")
     ap.add_argument("--check", action="store_true", help="exit 1 if any target FAILs")
     ap.add_argument("--plot", metavar="PATH",
-                    help="draw the run's GFLOP/s against SGEMM and the density sweep here (matplotlib; .png, .pdf, .svg)")
+                    help="draw the run's GFLOP/s against SGEMM and the density sweep (with --scale: GFLOP/s against "
+                         "the layer's size) here (matplotlib; .png, .pdf, .svg)")
     ap.add_argument("--replot", metavar="JSON",
                     help="instead of timing: draw --plot from the records an earlier --json run wrote")
     ap.add_argument("--asm", action="store_true",
@@ -712,13 +725,14 @@ def parse_args(argv):
                          "sparse products, beside SGEMM's rate")
     ap.add_argument("--scale", action="store_true",
                     help=f"instead: the three products on square layers of {', '.join(f'{n:,}' for n in SCALE_SIZES)} "
-                         f"neurons, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}, RadiX and random (beyond the caches)")
+                         f"neurons, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}, RadiX and random (beyond the caches); "
+                         "--json and --plot write its records and figure")
     args = ap.parse_args(argv)
     cli.check_output_paths(args, files=("json", "plot"), parser=ap)
     if args.replot and not args.plot:
         ap.error("--replot draws to --plot PATH: give both")
-    if args.plot and (args.asm or args.bandwidth or args.scale):
-        ap.error("--plot draws the main benchmark; --asm, --bandwidth and --scale have no figure")
+    if args.plot and (args.asm or args.bandwidth):
+        ap.error("--plot draws the benchmark or --scale; --asm and --bandwidth have no figure")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -742,16 +756,65 @@ def parse_args(argv):
     return args
 
 
-def _plot_title(machine, source=None) -> str:
+def plot_scale(records: list[dict], path: str, title: str = "") -> dict:
+    """Draw a ``--scale`` run's records to ``path``: useful GFLOP/s of each product against the
+    layer's neurons (left), and that rate as a fraction of the same product's at the smallest
+    size, with the 0.6x target of issue #13 (right); RadiX solid, random dashed. Returns what it
+    drew: ``{(topology, op): [(neurons, GFLOP/s, fraction), ...]}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(12, 4.8))
+    drawn = {}
+    for topo, style in (("radix", "o-"), ("random", "s--")):
+        for j, op in enumerate(OPS):
+            pts = sorted((r["neurons"], r["gflops"], r["vs_smallest"]) for r in records
+                         if r.get("kind") == "scale" and r["topology"] == topo and r["op"] == op)
+            if not pts:
+                continue
+            drawn[(topo, op)] = pts
+            n, g, f = zip(*pts)
+            ax.plot(n, g, style, color=f"C{j}", label=f"{topo} {op}")
+            ax_r.plot(n, f, style, color=f"C{j}", label=f"{topo} {op}")
+    ax_r.axhline(SCALE_TARGET, ls=":", color="0.3", label=f"target: {SCALE_TARGET}x at the largest size")
+    batch = next((r["batch"] for r in records if r.get("kind") == "scale"), SCALE_BATCH)
+    for a, ylab in ((ax, f"useful GFLOP/s (2 nnz batch / time), batch {batch}"),
+                    (ax_r, "fraction of the same product's rate at the smallest size")):
+        a.set_xscale("log", base=2)
+        a.set_xlabel(f"neurons (n x n layer, fan-in {SCALE_FAN_IN})")
+        a.set_ylabel(ylab)
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7.5)
+    ax.set_ylim(bottom=0)
+    ax_r.set_ylim(bottom=0)
+    ax.set_title("the three products as the layer outgrows the caches")
+    ax_r.set_title("what is kept of the in-cache rate")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _plot_title(machine, source=None, what=None) -> str:
     where = f"{machine['cpu']} ({machine['llvm_cpu']} to Numba), {machine['cpus']} CPUs" if machine else "machine not recorded"
-    return f"sparsenn kernel benchmark, batch {BATCH}: {where}" + (f"; records from {source}" if source else "")
+    return (f"sparsenn kernel benchmark, {what or f'batch {BATCH}'}: {where}"
+            + (f"; records from {source}" if source else ""))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.replot:  # nothing timed: the figure of an earlier run
-        sgemm = next(r for r in args.replot_records if r["op"] == "sgemm")
-        plot_results(args.replot_records, args.plot, _plot_title(sgemm.get("machine"), args.replot))
+        recs = args.replot_records
+        if any(r.get("kind") == "scale" for r in recs):
+            machine = next((r.get("machine") for r in recs if r.get("kind") == "machine"), None)
+            plot_scale(recs, args.plot, _plot_title(machine, args.replot, "--scale, layers beyond the caches"))
+        else:
+            sgemm = next(r for r in recs if r["op"] == "sgemm")
+            plot_results(recs, args.plot, _plot_title(sgemm.get("machine"), args.replot))
         print(f"plot: {args.plot} (from {args.replot})")
         return 0
     wall = time.perf_counter()
@@ -787,7 +850,16 @@ def main(argv=None) -> int:
     if args.scale:
         if args.quick:  # 262,144 x 32 takes seconds to build and a second per call: not for tests
             print("--scale ignores --quick's sizes: it runs the full sizes with few calls")
-        failed = scale_study(dict(timing, min_calls=min(timing["min_calls"], 5)))
+        failed, records = scale_study(dict(timing, min_calls=min(timing["min_calls"], 5)))
+        if args.plot:
+            plot_scale(records, args.plot, _plot_title(machine, what="--scale, layers beyond the caches"))
+            print(f"plot: {args.plot}")
+        if args.json:
+            records.append(dict(kind="machine", machine=machine))
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=1)
+            print(f"wrote {len(records)} records to {args.json}")
         print(f"elapsed {time.perf_counter() - wall:.1f} s")
         return 1 if args.check and failed else 0
     print(f"cases: {', '.join(c.label for c in cases)}")

@@ -157,11 +157,40 @@ def test_replot_refuses_what_it_cannot_draw(tmp_path, capsys, content, argv_tail
     assert not (tmp_path / "x.png").exists()
 
 
-def test_plot_is_for_the_main_benchmark_only(capsys):
+def test_plot_is_for_the_benchmark_and_scale_only(capsys):
     bench = load_script()
     with pytest.raises(SystemExit):
-        bench.parse_args(["--scale", "--plot", "x.png"])
+        bench.parse_args(["--asm", "--plot", "x.png"])
     assert "have no figure" in capsys.readouterr().err
+
+
+def test_scale_records_plot_and_replot(tmp_path, monkeypatch, capsys):
+    """--scale at two small sizes, in process: one record per (topology, size, product) whose
+    rate is 2 nnz batch / its median and whose fraction is of the same product at the smallest
+    size; the figure draws those numbers; --json's file replots."""
+    bench = load_script()
+    monkeypatch.setattr(bench, "SCALE_SIZES", (1024, 4096))
+    failed, records = bench.scale_study(dict(min_time=0.0, max_calls=3, min_calls=3))
+    assert len(records) == 2 * 2 * 3 and failed == sum(
+        r["vs_smallest"] < bench.SCALE_TARGET for r in records if r["neurons"] == 4096)
+    for r in records:
+        assert r["nnz"] == 32 * r["neurons"] and r["batch"] == bench.SCALE_BATCH
+        assert r["gflops"] == pytest.approx(2 * r["nnz"] * r["batch"] / r["median_s"] / 1e9)
+        small = next(s for s in records if (s["topology"], s["op"], s["neurons"]) == (r["topology"], r["op"], 1024))
+        assert r["vs_smallest"] == pytest.approx(r["gflops"] / small["gflops"])
+    drawn = bench.plot_scale(records, str(tmp_path / "s.png"))
+    assert drawn == {(t, op): [(r["neurons"], r["gflops"], r["vs_smallest"]) for r in records
+                               if (r["topology"], r["op"]) == (t, op)]
+                     for t in ("radix", "random") for op in bench.OPS}
+    saved = tmp_path / "s.json"
+    saved.write_text(json.dumps(records + [dict(kind="machine", machine=None)]))
+    assert bench.main(["--replot", str(saved), "--plot", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").read_bytes()[:8] == PNG
+    del records[0]["vs_smallest"]
+    saved.write_text(json.dumps(records))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--replot", str(saved), "--plot", str(tmp_path / "x.png")])
+    assert "a --scale record lacks vs_smallest" in capsys.readouterr().err
 
 
 def test_fixed_fan_in_case_has_exactly_that_many_sorted_columns_per_row():
