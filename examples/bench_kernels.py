@@ -414,6 +414,16 @@ def _label(rows, cols, density) -> str:
     return (case or Case(rows, cols, density)).label
 
 
+def _save(fig, path: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_results(records: list[dict], path: str, title: str = "") -> dict:
     """Draw a run's records to ``path`` (any format matplotlib writes, by its extension).
 
@@ -480,11 +490,7 @@ def plot_results(records: list[dict], path: str, title: str = "") -> dict:
     ax_s.set_title(f"forward {SWEEP.shape}: where sparse stops paying")
     ax_s.grid(True, which="both", alpha=0.3)
     ax_s.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
     return drawn
 
 
@@ -791,11 +797,7 @@ def plot_scale(records: list[dict], path: str, title: str = "") -> dict:
     ax_r.set_ylim(bottom=0)
     ax.set_title("the three products as the layer outgrows the caches")
     ax_r.set_title("what is kept of the in-cache rate")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
     return drawn
 
 
