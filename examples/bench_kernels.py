@@ -451,21 +451,19 @@ def plot_results(records: list[dict], path: str, title: str = "") -> dict:
             x = i + (j - 1) * width
             g = rate.get((*key, op, "sparsenn"))
             if g is not None:
-                ax.bar(x, g, width * 0.95, color=f"C{j}", label=f"sparsenn {op}" if i == 0 else None)
+                ax.bar(x, g, width * 0.95, color=f"C{j}", label=f"sparsenn {op}")
                 drawn["bars"][(_label(*key), op)] = g
             for impl, (marker, name) in PLOT_MARKERS.items():
                 g = rate.get((*key, op, impl))
                 if g is not None:
-                    ax.plot(x, g, marker, color="k", ms=9 if marker == "_" else 5, mew=1.5,
-                            label=name if (i, j) == (0, 0) or (impl, j) == ("scipy", 0) and i == 0 else None)
-    handles, labels = ax.get_legend_handles_labels()
-    seen = {}
-    for h, lab in zip(handles, labels):
+                    ax.plot(x, g, marker, color="k", ms=9 if marker == "_" else 5, mew=1.5, label=name)
+    seen = {}  # each name once in the legend
+    for h, lab in zip(*ax.get_legend_handles_labels()):
         seen.setdefault(lab, h)
     for level, style, what in ((1.0, "-", "dense SGEMM"), (0.5, "--", "0.5x SGEMM: target"),
                                (0.3, ":", "0.3x SGEMM: target under 20,000 weights")):
         seen[f"{what} ({level * sgemm:.0f} GFLOP/s)"] = ax.axhline(level * sgemm, ls=style, color="0.4", lw=1)
-    top = max([sgemm] + list(drawn["bars"].values()) + [r["gflops"] for r in kern if (r["rows"], r["cols"], r["density"]) in full])
+    top = max([sgemm] + [r["gflops"] for r in kern if (r["rows"], r["cols"], r["density"]) in full])
     ax.set_ylim(0, 1.3 * top)  # room for the legend above the bars
     ax.set_xticks(range(len(full)))
     ax.set_xticklabels([_label(*k).replace(" ", "\n") for k in full])
@@ -626,10 +624,10 @@ def scale_study(timing) -> tuple[int, list[dict]]:
                 rates[(name, n, op)] = 2 * p.nnz * SCALE_BATCH / t / 1e9
                 line += f"{rates[(name, n, op)]:>16.1f}"
                 records.append(dict(kind="scale", topology=name, neurons=n, nnz=p.nnz, batch=SCALE_BATCH, op=op,
-                                    median_s=t, gflops=rates[(name, n, op)]))
+                                    median_s=t, gflops=rates[(name, n, op)],
+                                    vs_smallest=rates[(name, n, op)] / rates[(name, SCALE_SIZES[0], op)]))
             for op in OPS:
                 r = rates[(name, n, op)] / rates[(name, SCALE_SIZES[0], op)]
-                records[-len(OPS) + OPS.index(op)]["vs_smallest"] = r
                 line += f"{r:>9.2f}"
                 if n == SCALE_SIZES[-1]:
                     verdicts.append(("PASS" if r >= SCALE_TARGET else "FAIL", name, op, r))
@@ -807,6 +805,13 @@ def _plot_title(machine, source=None, what=None) -> str:
             + (f"; records from {source}" if source else ""))
 
 
+def _write_json(records: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+    print(f"wrote {len(records)} records to {path}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.replot:  # nothing timed: the figure of an earlier run
@@ -857,11 +862,7 @@ def main(argv=None) -> int:
             plot_scale(records, args.plot, _plot_title(machine, what="--scale, layers beyond the caches"))
             print(f"plot: {args.plot}")
         if args.json:
-            records.append(dict(kind="machine", machine=machine))
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump(records, f, indent=1)
-            print(f"wrote {len(records)} records to {args.json}")
+            _write_json(records + [dict(kind="machine", machine=machine)], args.json)
         print(f"elapsed {time.perf_counter() - wall:.1f} s")
         return 1 if args.check and failed else 0
     print(f"cases: {', '.join(c.label for c in cases)}")
@@ -928,10 +929,7 @@ def main(argv=None) -> int:
         plot_results(records, args.plot, _plot_title(machine))
         print(f"plot: {args.plot}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"wrote {len(records)} records to {args.json}")
+        _write_json(records, args.json)
     return 1 if args.check and failed else 0
 
 
