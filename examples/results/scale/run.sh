@@ -55,11 +55,13 @@ python examples/scale.py --widths 4096 --topologies radix --epochs 3 --lr 0.1 --
 #    jobs paused: the 65,536-wide pair at global batch 100 and at 128 (64 images per rank: whole
 #    16-image units), then where a step goes at both batches, then a second pair at 128 and the
 #    4 x 16,384 pairs at both batches:
-batch_pair() {  # $1 width, $2 global batch, $3 file name
+batch_pair() {  # $1 width, $2 global batch, $3 file name, $4 folder (batch_host6 if not given)
+    local dir=$OUT/${4:-batch_host6}
+    mkdir -p $dir
     python examples/scale.py --widths $1 --topologies radix --lr 0.1 --epochs 1 --no-torch --no-progress \
-        --batch-size $2 --json $OUT/batch_host6/$3_1rank.json > $OUT/batch_host6/$3_1rank.log 2>&1
+        --batch-size $2 --json $dir/$3_1rank.json > $dir/$3_1rank.log 2>&1
     "$MPIEXEC" -n 2 python examples/scale.py --widths $1 --topologies radix --lr 0.1 --epochs 1 --no-torch \
-        --no-progress --batch-size $2 --json $OUT/batch_host6/$3_2ranks.json > $OUT/batch_host6/$3_2ranks.log 2>&1
+        --no-progress --batch-size $2 --json $dir/$3_2ranks.json > $dir/$3_2ranks.log 2>&1
 }
 # run there as (the step profile as in mpi_pairs, with --batch-size 100 and 128, into step_profile.log):
 #    batch_pair 65536 100 w65536_b100; batch_pair 65536 128 w65536_b128
@@ -68,3 +70,12 @@ batch_pair() {  # $1 width, $2 global batch, $3 file name
 #    without PyTorch (background jobs paused):
 #    python examples/scale.py --lr 0.1 --epochs 1 --steps 60 --steps-from 20000000 --widths 4096 16384 65536 262144 \
 #        --no-torch --no-progress --json $OUT/study_host6.json --plot $OUT/study_host6.png > $OUT/study_host6.log 2>&1
+# 11. batch_host7/: on the host of the 2026-12-03 sessions (an AMD EPYC, Zen 4 / znver4, one core copying
+#    21-23 GB/s; loud neighbours), nothing else of ours running: two pairs of each model at global batch
+#    100 and 128, alternating, run there as:
+#    for i in 1 2; do for w in 16384 65536; do for b in 100 128; do
+#        batch_pair $w $b w${w}_b${b}_pair$i batch_host7; done; done; done
+#    then the step profile of the 65,536-wide model, 20 steps, at both batches:
+#    (for b in 100 128; do python examples/profile_step.py --width 65536 --batch-size $b --steps 20 --layers
+#        "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536 --batch-size $b --steps 20 --layers
+#     done) > $OUT/batch_host7/step_profile.log 2>&1
