@@ -58,13 +58,13 @@ def parse_args(argv=None):
                    help="with --resume: extend (or shorten) the run; the schedule is recomputed")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"])
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
+    p.add_argument("--lr", type=cli.positive_float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
     p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
     p.add_argument("--no-nesterov", action="store_true", help="classical instead of Nesterov momentum")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
                    help="steps at which the 'step' schedule halves the learning rate")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--weight-decay", type=cli.nonneg_float, default=DEFAULTS["weight_decay"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
                    help="scale sparse weights by each neuron's actual fan-in, or by the dense one")
     p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])

@@ -151,14 +151,14 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="epochs per run (default: 20 for lenet300, 5 for lenet5, 40 for lenet5-cifar10; quick 2)")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"])
     p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="0: plain SGD, else Nesterov")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
                    help="steps at which the 'step' schedule halves the learning rate")
     p.add_argument("--warmup", type=cli.nonneg_int, default=None,
                    help="steps of linear warm-up of the cosine schedule (default: 200 for lenet5, 0 for lenet300)")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--weight-decay", type=cli.nonneg_float, default=DEFAULTS["weight_decay"])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--no-rewind", action="store_true", help="skip the rewound (lottery-ticket) retraining")
     p.add_argument("--scope", choices=pruning.SCOPES, default=DEFAULTS["scope"],

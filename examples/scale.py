@@ -85,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--steps-from", type=cli.nonneg_int, default=0,
                    help="connections from which --steps applies (smaller models train --epochs)")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"])
     p.add_argument("--warmup", type=cli.nonneg_int, default=DEFAULTS["warmup"],
                    help="steps of linear learning-rate warmup (at most half the run)")
     p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"])
@@ -108,8 +108,6 @@ def parse_args(argv=None):
         for k, v in QUICK.items():
             if getattr(args, k) in (None, DEFAULTS.get(k), p.get_default(k)):
                 setattr(args, k, v)
-    if not args.lr > 0:
-        p.error(f"--lr must be > 0, got {args.lr}")
     if not args.torch_max_bytes >= 0:
         p.error(f"--torch-max-bytes must be >= 0, got {args.torch_max_bytes}")
     cli.check_output_paths(args, files=("json", "plot"), parser=p)

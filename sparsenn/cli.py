@@ -1,7 +1,8 @@
 """Command-line conventions shared by the example scripts.
 
 - argument types whose errors name the flag (``--seed -1`` says "--seed must be a
-  non-negative integer", not NumPy's "expected non-negative integer");
+  non-negative integer", not NumPy's "expected non-negative integer"; ``--lr nan`` is refused
+  before any model is built, not after);
 - output paths checked before any work starts, so a run never trains for an epoch and then
   fails to write its checkpoint (:func:`check_output_paths`);
 - resuming: which flags a resumed run takes from its checkpoint, which it may change and which
@@ -42,9 +43,25 @@ def _int_at_least(low: int, what: str):
     return parse
 
 
+def _float_where(ok, what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(value):  # NaN and infinities too: float() accepts "nan" and "inf"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
 # argparse prefixes these messages with "argument --seed: ", so the flag is always named
 nonneg_int = _int_at_least(0, "a non-negative integer")
 positive_int = _int_at_least(1, "a positive integer")
+positive_float = _float_where(lambda v: 0 < v < float("inf"), "a finite number > 0")  # --lr
+nonneg_float = _float_where(lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # --weight-decay
 
 
 def check_output_paths(args, files=(), dirs=(), parser: argparse.ArgumentParser | None = None) -> None:

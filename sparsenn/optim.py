@@ -32,10 +32,10 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer got no parameters")
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not 0 < lr < float("inf"):  # (written so that NaN fails too)
+            raise ValueError(f"learning rate must be > 0 and finite, got {lr}")
+        if not 0 <= weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay}")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.steps = 0

@@ -39,6 +39,31 @@ def test_int_types_name_the_flag(capsys):
     assert "argument --epochs: must be a positive integer, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, kind, text, message", [
+    ("--lr", cli.positive_float, "0", "must be a finite number > 0, got 0"),
+    ("--lr", cli.positive_float, "-0.1", "must be a finite number > 0, got -0.1"),
+    ("--lr", cli.positive_float, "nan", "must be a finite number > 0, got nan"),
+    ("--lr", cli.positive_float, "inf", "must be a finite number > 0, got inf"),
+    ("--lr", cli.positive_float, "fast", "must be a finite number > 0, got 'fast'"),
+    ("--weight-decay", cli.nonneg_float, "-0.5", "must be a finite number >= 0, got -0.5"),
+    ("--weight-decay", cli.nonneg_float, "NaN", "must be a finite number >= 0, got NaN"),
+])
+def test_float_types_refuse_nan_infinities_and_out_of_range_values_by_flag(flag, kind, text, message, capsys):
+    p = argparse.ArgumentParser()
+    p.add_argument(flag, type=kind)
+    with pytest.raises(SystemExit):
+        p.parse_args([flag, text])
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_float_types_accept_what_they_should():
+    p = argparse.ArgumentParser()
+    p.add_argument("--lr", type=cli.positive_float)
+    p.add_argument("--weight-decay", type=cli.nonneg_float)
+    args = p.parse_args(["--lr", "1e-3", "--weight-decay", "0"])
+    assert args.lr == 1e-3 and args.weight_decay == 0.0
+
+
 def test_help_shows_each_default_once():
     text = parser().format_help()
     assert "(default: None)" not in text and "(default 0.05 for sgd)" in text

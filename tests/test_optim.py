@@ -70,6 +70,9 @@ def test_state_dict_round_trip(rng):
     (dict(lr=0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
     (dict(lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
     (dict(lr=0.1, weight_decay=-1), "weight_decay must be >= 0"),
+    (dict(lr=float("nan")), "learning rate must be > 0 and finite, got nan"),
+    (dict(lr=float("inf")), "learning rate must be > 0 and finite, got inf"),
+    (dict(lr=0.1, weight_decay=float("nan")), "weight_decay must be >= 0 and finite, got nan"),
 ])
 def test_sgd_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):

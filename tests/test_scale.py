@@ -139,7 +139,8 @@ def test_profile_step_layers_gives_every_layer_and_kernel_call():
 @pytest.mark.parametrize("argv, match", [
     (["--widths", "1000", "--fan-in", "7"], "radix model of width 1,000: fan_in = 7 gives the hidden layers"),
     (["--widths", "100000000", "--depth", "2", "--fan-in", "8"], "int32 CSR indices"),
-    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
 ])
 def test_bad_settings_and_unbuildable_models_are_refused_before_any_training(argv, match):
     """Settings, and every model of the study, are checked first: a clear error and exit
