@@ -29,10 +29,29 @@ def test_relu_gradient(rng):
     check_layer(ReLU(), x, rng).raise_if_failed()
 
 
-def test_whole_network_gradients(rng):
+def test_inplace_relu_gives_the_same_values_in_the_arrays_it_is_given(rng):
+    x = rng.standard_normal((7, 33)).astype(np.float32)
+    x[0, :5] = 0.0  # on the kink: y = 0 and no gradient, both ways
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    plain, inplace = ReLU(), ReLU(inplace=True)
+    y = plain.forward(x.copy())
+    x_in = x.copy()
+    assert inplace.forward(x_in) is x_in
+    np.testing.assert_array_equal(x_in, y)
+    dx = plain.backward(dy.copy())
+    dy_in = dy.copy()
+    assert inplace.backward(dy_in) is dy_in
+    np.testing.assert_array_equal(dy_in, dx)
+    assert inplace._dx is None and repr(inplace) == "ReLU(inplace=True)"
+    with pytest.raises(ValueError, match="dy has shape"):  # still checked against the forward's y
+        inplace.backward(np.zeros((7, 32), np.float32))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_whole_network_gradients(rng, inplace):
     model = Sequential(
-        SparseLinear(random_mask(rng, 8, 10, 0.3), rng, **F64), ReLU(),
-        SparseLinear(random_mask(rng, 6, 8, 0.5, (2,)), rng, **F64), ReLU(),
+        SparseLinear(random_mask(rng, 8, 10, 0.3), rng, **F64), ReLU(inplace=inplace),
+        SparseLinear(random_mask(rng, 6, 8, 0.5, (2,)), rng, **F64), ReLU(inplace=inplace),
         Linear(6, 4, rng, **F64),
     )
     for p in model.parameters():  # non-zero biases: an empty row's output must not sit on ReLU's kink
@@ -183,3 +202,38 @@ def test_activations_start_on_cache_lines(rng):
         for buf in (getattr(layer, "_out", None), getattr(layer, "_dx", None)):
             if buf is not None:
                 assert buf.ctypes.data % 64 == 0, type(layer).__name__
+
+
+def test_sparse_mlp_relus_work_in_place_and_train_as_separate_buffers_do():
+    """sparse_mlp's ReLUs write over the layer's output and over dy (two buffers fewer per
+    hidden layer); a model whose ReLUs keep their own buffers ends three SGD steps with the same
+    bits."""
+    from sparsenn.models import sparse_mlp
+
+    def build(inplace):
+        model = sparse_mlp([64, 64, 64], "random", fan_in=8, rng=np.random.default_rng(3))
+        relus = [l for l in model.layers if isinstance(l, ReLU)]
+        assert len(relus) == 3 and all(r.inplace for r in relus)
+        for r in relus:
+            r.inplace = inplace
+        return model
+
+    data = np.random.default_rng(4)
+    xs = [data.standard_normal((784, 50)).astype(np.float32) for _ in range(3)]
+    ys = [data.integers(0, 10, 50) for _ in range(3)]
+    params = []
+    for inplace in (False, True):
+        model, loss = build(inplace), SoftmaxCrossEntropy()
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        for x, y in zip(xs, ys):
+            loss.forward(model.forward(x.copy()), y)
+            model.backward(loss.backward())
+            opt.step()
+        params.append([p.value.copy() for p in model.parameters()])
+        buffers = {id(getattr(l, name)) for l in model.layers for name in ("_out", "_dx")
+                   if getattr(l, name, None) is not None}
+        if inplace:  # each ReLU's y is its layer's output buffer, and it has no dx of its own
+            assert len(buffers) == len(separate) - 2 * 3
+        separate = buffers
+    for a, b in zip(*params):
+        np.testing.assert_array_equal(a, b)
