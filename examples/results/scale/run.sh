@@ -79,3 +79,10 @@ batch_pair() {  # $1 width, $2 global batch, $3 file name, $4 folder (batch_host
 #    (for b in 100 128; do python examples/profile_step.py --width 65536 --batch-size $b --steps 20 --layers
 #        "$MPIEXEC" -n 2 python examples/profile_step.py --width 65536 --batch-size $b --steps 20 --layers
 #     done) > $OUT/batch_host7/step_profile.log 2>&1
+# 12. inplace_relu/: the top models (4 x 262,144 hidden neurons, RadiX and random), 40 timed steps each, on the
+#    same host as part 11, before and after sparse_mlp's ReLUs began to work in place: *_before at commit 63af466
+#    (a worktree in /tmp/old, run once first so that its kernels were compiled), *_after at a8b6439, run there as:
+#    for t in radix random; do for tree in before after; do (cd $TREE && PYTHONPATH=$TREE python examples/scale.py \
+#        --widths 262144 --topologies $t --no-torch --epochs 1 --steps 40 --steps-from 0 --no-progress --lr 0.1 \
+#        --json $OUT/inplace_relu/${t}_$tree.json > $OUT/inplace_relu/${t}_$tree.log 2>&1); done; done
+#    (TREE the worktree for "before", the repository for "after"; the two alternate per topology)
