@@ -29,39 +29,26 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _int_at_least(low: int, what: str):
-    def parse(text: str) -> int:
+def _number(convert, ok, what: str):
+    """An argparse type: ``convert(text)``, refused unless ``ok(value)``, the message naming ``what``."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        if not ok(value):  # for floats NaN fails too, and float() accepts "nan" and "inf"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text.strip()}")
         return value
 
     parse.__name__ = what  # argparse names the type in some messages
     return parse
 
 
-def _float_where(ok, what: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if not ok(value):  # NaN and infinities too: float() accepts "nan" and "inf"
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    parse.__name__ = what
-    return parse
-
-
 # argparse prefixes these messages with "argument --seed: ", so the flag is always named
-nonneg_int = _int_at_least(0, "a non-negative integer")
-positive_int = _int_at_least(1, "a positive integer")
-positive_float = _float_where(lambda v: 0 < v < float("inf"), "a finite number > 0")  # --lr
-nonneg_float = _float_where(lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # --weight-decay
+nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a finite number > 0")  # --lr
+nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # --weight-decay
 
 
 def check_output_paths(args, files=(), dirs=(), parser: argparse.ArgumentParser | None = None) -> None:

@@ -81,8 +81,11 @@ batch_pair() {  # $1 width, $2 global batch, $3 file name, $4 folder (batch_host
 #     done) > $OUT/batch_host7/step_profile.log 2>&1
 # 12. inplace_relu/: the top models (4 x 262,144 hidden neurons, RadiX and random), 40 timed steps each, on the
 #    same host as part 11, before and after sparse_mlp's ReLUs began to work in place: *_before at commit 63af466
-#    (a worktree in /tmp/old, run once first so that its kernels were compiled), *_after at a8b6439, run there as:
-#    for t in radix random; do for tree in before after; do (cd $TREE && PYTHONPATH=$TREE python examples/scale.py \
-#        --widths 262144 --topologies $t --no-torch --epochs 1 --steps 40 --steps-from 0 --no-progress --lr 0.1 \
-#        --json $OUT/inplace_relu/${t}_$tree.json > $OUT/inplace_relu/${t}_$tree.log 2>&1); done; done
-#    (TREE the worktree for "before", the repository for "after"; the two alternate per topology)
+#    (git worktree add /tmp/old 63af466; that tree's kernels compiled by one untimed run first), *_after at
+#    a8b6439 (this repository), the two alternating per topology, run there as:
+#    top() {  # $1 source tree, $2 topology, $3 file name
+#        (cd $1 && PYTHONPATH=$1 python examples/scale.py --widths 262144 --topologies $2 --no-torch --epochs 1 \
+#            --steps 40 --steps-from 0 --no-progress --lr 0.1 --json $OUT/inplace_relu/$3.json > $OUT/inplace_relu/$3.log 2>&1)
+#    }
+#    for t in radix random; do top /tmp/old $t ${t}_before; top "$PWD" $t ${t}_after; done
+#    ($OUT an absolute path there)
