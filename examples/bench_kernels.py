@@ -732,7 +732,7 @@ def parse_args(argv):
                          f"neurons, fan-in {SCALE_FAN_IN}, batch {SCALE_BATCH}, RadiX and random (beyond the caches); "
                          "--json and --plot write its records and figure")
     args = ap.parse_args(argv)
-    cli.check_output_paths(args, files=("json", "plot"), parser=ap)
+    cli.check_output_paths(args, files=("json",), figures=("plot",), parser=ap)
     if args.replot and not args.plot:
         ap.error("--replot draws to --plot PATH: give both")
     if args.plot and (args.asm or args.bandwidth):

@@ -58,6 +58,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     try:
         challenge.check_size(args.neurons, args.layers)
+        challenge.check_memory(args.neurons, args.layers)
     except ValueError as e:
         p.error(str(e))
     args.peers = [] if args.peers == "none" else [s.strip() for s in args.peers.split(",") if s.strip()]
@@ -335,11 +336,7 @@ def main(argv=None, comm=None) -> int:
 
 
 def run(comm=None) -> int:
-    try:
-        return main(comm=comm)
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError, MemoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_main(main, comm=comm)
 
 
 if __name__ == "__main__":

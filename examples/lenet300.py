@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"])
     p.add_argument("--lr", type=cli.positive_float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
+    p.add_argument("--momentum", type=cli.nonneg_float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
     p.add_argument("--no-nesterov", action="store_true", help="classical instead of Nesterov momentum")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
@@ -112,7 +112,7 @@ def main(argv=None, comm=None) -> int:
         config["epochs"] = DEFAULTS["epochs"]
     if config["lr"] is None:
         config["lr"] = 0.05 if config["optimizer"] == "sgd" else 1e-3
-    cli.check_output_paths(config, files=("save", "metrics"))  # before hours of training, not after
+    cli.check_output_paths(config, files=("save", "metrics"), inputs=("mask",))  # before hours of training, not after
     print("configuration:", json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True))
     device = resolve_device(config["device"])  # where to train: "cpu" or "cuda"
     print("device:", describe(device))
@@ -161,11 +161,7 @@ def main(argv=None, comm=None) -> int:
 
 
 def run(comm=None) -> int:
-    try:
-        return main(comm=comm)
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_main(main, comm=comm, errors=(RuntimeError,))  # RuntimeError: --device cuda without a GPU
 
 
 if __name__ == "__main__":

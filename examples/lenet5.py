@@ -75,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"])
     p.add_argument("--lr", type=cli.positive_float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
+    p.add_argument("--momentum", type=cli.nonneg_float, default=DEFAULTS["momentum"], help="sgd only; 0 for plain SGD")
     p.add_argument("--no-nesterov", action="store_true", help="classical instead of Nesterov momentum")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
     p.add_argument("--warmup", type=cli.nonneg_int, default=DEFAULTS["warmup"],
@@ -195,8 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli.run_main(main, errors=(RuntimeError,)))  # RuntimeError: --device cuda without a GPU

@@ -144,7 +144,7 @@ def _time_parts(model) -> Timer:
 
 
 def run(comm=None) -> int:
-    return main(comm=comm)
+    return cli.run_main(main, comm=comm)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def parse_args(argv=None):
                    help="epochs per run (default: 20 for lenet300, 5 for lenet5, 40 for lenet5-cifar10; quick 2)")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"])
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="0: plain SGD, else Nesterov")
+    p.add_argument("--momentum", type=cli.nonneg_float, default=DEFAULTS["momentum"], help="0: plain SGD, else Nesterov")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
     p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
                    help="steps at which the 'step' schedule halves the learning rate")
@@ -165,11 +165,11 @@ def parse_args(argv=None):
                    help="one magnitude threshold over all pruned layers, or one sparsity per layer")
     p.add_argument("--keep-first-dense", action="store_true", help="do not prune the first weight layer")
     p.add_argument("--keep-last-dense", action="store_true", help="do not prune the last (logits) layer")
-    p.add_argument("--prune-begin", type=float, default=DEFAULTS["prune_begin"], help="gradual: first epoch")
-    p.add_argument("--prune-end", type=float, default=DEFAULTS["prune_end"], help="gradual: fraction of training")
+    p.add_argument("--prune-begin", type=cli.nonneg_float, default=DEFAULTS["prune_begin"], help="gradual: first epoch")
+    p.add_argument("--prune-end", type=cli.positive_float, default=DEFAULTS["prune_end"], help="gradual: fraction of training")
     p.add_argument("--prune-every", type=cli.positive_int, default=DEFAULTS["prune_every"], help="gradual: steps between prunings")
-    p.add_argument("--exponent", type=float, default=DEFAULTS["exponent"])
-    p.add_argument("--crossover", type=float, default=DEFAULTS["crossover"])
+    p.add_argument("--exponent", type=cli.positive_float, default=DEFAULTS["exponent"])
+    p.add_argument("--crossover", type=cli.nonneg_float, default=DEFAULTS["crossover"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default=DEFAULTS["init_fan"],
                    help="fresh retraining weights scaled by each neuron's actual fan-in, or the dense one (2019)")
     recipes.add_flags(p, convolutional=True)
@@ -207,7 +207,17 @@ def parse_args(argv=None):
             p.error("--plot needs matplotlib, which is not installed: pip install 'sparsenn[plot]' "
                     "(or pip install matplotlib)")
     # every output path now, before hours of training, not after
-    cli.check_output_paths(args, files=("json", "csv", "speed", "gradual_log", "plot"), dirs=("save_dir",), parser=p)
+    cli.check_output_paths(args, files=("json", "csv", "speed", "gradual_log"), figures=("plot",), dirs=("save_dir",),
+                           parser=p)
+    if args.speed:  # --speed writes its records beside the table, as STEM.json
+        speed_json = os.path.splitext(args.speed)[0] + ".json"
+        if args.speed.lower().endswith(".json"):
+            p.error(f"--speed {args.speed}: the table is Markdown and its records go beside it as {speed_json}; "
+                    "give a .md path")
+        cli.check_output_paths({"speed": speed_json}, files=("speed",), parser=p)
+        others = {os.path.realpath(v) for v in (args.json, args.csv, args.gradual_log, args.plot) if v}
+        if os.path.realpath(speed_json) in others:
+            p.error(f"--speed {args.speed} writes its records to {speed_json}, which another output names too")
     return args
 
 
@@ -634,11 +644,7 @@ def main(argv=None, comm=None) -> int:
 
 
 def run(comm=None) -> int:
-    try:
-        return main(comm=comm)
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_main(main, comm=comm, errors=(RuntimeError,))  # RuntimeError: --device cuda without a GPU
 
 
 if __name__ == "__main__":

@@ -175,14 +175,22 @@ class Store:
         (one per recipe, both with --ablation) may have finished a run this one has yet to do."""
         if not os.path.exists(self.path):
             return
-        found = {}
+        if not os.path.isfile(self.path):
+            raise ValueError(f"{self.path}: the store of runs is not a file")
+        found, foreign = {}, 0
         with open(self.path) as f:
             for line in f:
                 try:
                     rec = json.loads(line)
                 except ValueError:  # a line cut short by a kill
                     continue
+                if not (isinstance(rec, dict) and isinstance(rec.get("key"), str)):
+                    foreign += 1  # not written by a Store: someone else's line
+                    continue
                 found.setdefault(rec["key"], []).append(rec)
+        if foreign and not getattr(self, "_warned", False):
+            print(f"warning: {self.path}: skipped {foreign} line(s) that are not records of runs", file=sys.stderr)
+            self._warned = True
         for key, recs in found.items():
             self.by_key.setdefault(key, recs)
 
@@ -829,8 +837,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli.run_main(main))

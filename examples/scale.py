@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -110,7 +109,7 @@ def parse_args(argv=None):
                 setattr(args, k, v)
     if not args.torch_max_bytes >= 0:
         p.error(f"--torch-max-bytes must be >= 0, got {args.torch_max_bytes}")
-    cli.check_output_paths(args, files=("json", "plot"), parser=p)
+    cli.check_output_paths(args, files=("json",), figures=("plot",), parser=p)
     return args
 
 
@@ -247,7 +246,11 @@ def run_torch(cfg, arrays) -> dict:
 def child(cfg_json: str) -> int:
     """``--run CONFIG``: one run in this (child) process; its record is the last line of stdout."""
     cfg = json.loads(cfg_json)
-    arrays = load_arrays(cfg)
+    try:
+        arrays = load_arrays(cfg)
+    except (data.DatasetError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         rec = run_torch(cfg, arrays) if cfg["impl"] == "torch" else run_sparsenn(cfg, arrays)
     except TrainingDiverged as e:
@@ -394,7 +397,11 @@ def study(args, comm=None) -> int:
                     print(f"scale.py: error: {topology} model of width {width:,}: {e}", file=sys.stderr)
                 return 2
     records = []
-    arrays = load_arrays(base) if comm is not None else None
+    # loaded here also when every run has its own process: a missing or broken dataset is then
+    # one error before the runs, not one traceback per run
+    arrays = load_arrays(base)
+    if comm is None:
+        arrays = None
 
     def add(rec):
         rec["machine"] = machine  # as read at the study's start
@@ -466,11 +473,7 @@ def run(comm=None) -> int:
     if "--run" in sys.argv:
         return child(sys.argv[sys.argv.index("--run") + 1])
     args = parse_args(sys.argv[1:])
-    try:
-        return study(args, comm)
-    except (data.DatasetNotFoundError, data.DatasetError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_main(study, args, comm)
 
 
 if __name__ == "__main__":

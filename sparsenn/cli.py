@@ -7,14 +7,23 @@
   fails to write its checkpoint (:func:`check_output_paths`);
 - resuming: which flags a resumed run takes from its checkpoint, which it may change and which
   it may not (:func:`resume_config`);
-- a help formatter that shows each default once.
+- a help formatter that shows each default once;
+- one way to end on a user's mistake (:func:`run_main`): a line ``error: ...`` and exit status
+  2, never a traceback, and for an array that does not fit in memory a line saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from sparsenn.io import check_output_path
+
+# What a user's input can cause, and what an example reports as one line: bad values and files
+# (sparsenn.data's DatasetError is a ValueError, DatasetNotFoundError an OSError), paths that
+# cannot be read or written, and arrays too large for the machine.
+USER_ERRORS = (ValueError, OSError, MemoryError)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,15 +60,55 @@ positive_float = _number(float, lambda v: 0 < v < float("inf"), "a finite number
 nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # --weight-decay
 
 
-def check_output_paths(args, files=(), dirs=(), parser: argparse.ArgumentParser | None = None) -> None:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_figure_path(path, flag: str = "--plot") -> None:
+    """Raise ValueError naming ``flag`` unless matplotlib can write ``path``'s format (.png,
+    .pdf, .svg, ...): checked before the work, not when the figure is drawn at its end. Does
+    nothing without matplotlib (the scripts say how to install it)."""
+    if path is None:
+        return
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if ext not in formats:
+        raise ValueError(f"{flag} {path}: matplotlib cannot write {'.' + ext if ext else 'a file without an extension'};"
+                         f" use one of {', '.join('.' + f for f in sorted(formats))}")
+
+
+def check_output_paths(args, files=(), dirs=(), figures=(), inputs=(), parser: argparse.ArgumentParser | None = None) -> None:
     """:func:`check_output_path` for each named attribute of ``args`` (a Namespace or dict):
-    ``files=("save", "metrics")`` checks ``args.save`` as ``--save``, and so on. With a
-    ``parser``, a bad path is ``parser.error`` (usage, message, exit 2) instead of ValueError."""
+    ``files=("save", "metrics")`` checks ``args.save`` as ``--save``, and so on; ``figures``
+    are files whose format matplotlib must know (:func:`check_figure_path`). No two of these
+    outputs may be the same file, and none may be one of the ``inputs`` (``("mask",)``: a
+    run must not write over what it reads). With a ``parser``, a bad path is
+    ``parser.error`` (usage, message, exit 2) instead of ValueError."""
     get = args.get if isinstance(args, dict) else lambda k: getattr(args, k, None)
     try:
-        for names, kind in ((files, "file"), (dirs, "dir")):
+        seen = {}
+        for names, kind in ((files, "file"), (figures, "file"), (dirs, "dir")):
             for name in names:
-                check_output_path(get(name), "--" + name.replace("_", "-"), kind)
+                path = get(name)
+                check_output_path(path, _flag(name), kind)
+                if path is None:
+                    continue
+                if names is figures:
+                    check_figure_path(path, _flag(name))
+                key = os.path.realpath(os.fspath(path))
+                if key in seen:
+                    raise ValueError(f"{seen[key]} and {_flag(name)} name the same file, {path}: one would "
+                                     f"write over the other")
+                seen[key] = _flag(name)
+        for name in inputs:
+            path = get(name)
+            if path is not None and os.path.realpath(os.fspath(path)) in seen:
+                out = seen[os.path.realpath(os.fspath(path))]
+                raise ValueError(f"{out} {path} would write over the {_flag(name)} file this run reads")
     except ValueError as e:
         if parser is None:
             raise
@@ -118,3 +167,20 @@ def resume_config(saved: dict, current: dict, given: set, *, changeable=(), loca
     if kept:
         log("resume: from the checkpoint: " + ", ".join(kept))
     return config
+
+
+def run_main(main, *args, errors=(), **kwargs) -> int:
+    """``main(*args, **kwargs)``, with the errors a user's input can cause (:data:`USER_ERRORS`,
+    and ``errors``: e.g. RuntimeError where ``--device cuda`` may find no GPU) printed as one
+    line ``error: ...`` on stderr and exit status 2 instead of a traceback. A MemoryError says
+    that the run does not fit in this machine's memory, with NumPy's account of the array."""
+    try:
+        return main(*args, **kwargs)
+    except MemoryError as e:
+        what = str(e) or "an array did not fit"
+        print(f"error: out of memory: {what}. Choose smaller sizes (the batch, the widths, the "
+              "number of layers).", file=sys.stderr)
+        return 2
+    except USER_ERRORS + tuple(errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

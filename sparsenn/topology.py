@@ -1545,6 +1545,14 @@ def main(argv=None) -> int:
     parser = _build_parser()
     args = parser.parse_args(_glue_negative_lists(sys.argv[1:] if argv is None else list(argv)))
     try:
+        if getattr(args, "save", None):  # before the build, which can take a while, not after
+            from sparsenn.io import check_output_path
+
+            check_output_path(args.save, "--save")
+        for flag, value in (("--max-path-entries", getattr(args, "max_path_entries", 0)),
+                            ("--max-path-work", getattr(args, "max_path_work", 0))):
+            if not 0 <= value < float("inf"):  # NaN fails too
+                raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
         masks = _run(args)
         desc = describe(masks, max_entries=args.max_path_entries, max_work=args.max_path_work)
         print(format_description(desc))

@@ -194,6 +194,8 @@ def fit(model, data: ArrayData, optimizer, schedule, *, epochs: int | None = Non
     check_output_path(save_path, "save_path")  # fail now, not after the first epoch
     check_output_path(metrics_path, "metrics_path")
     n = len(data.x_train)
+    if batch_size > n:  # its buffers would be sized for images that are not there
+        raise ValueError(f"the batch ({batch_size:,} images) is larger than the training set ({n:,} images)")
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch if steps is None else int(steps)
     epochs = math.ceil(total_steps / steps_per_epoch)  # the last one may stop part-way

@@ -234,3 +234,11 @@ def test_explain_names_the_unstable_fixed_point(monkeypatch):
     x = challenge.mnist_inputs(data.load("mnist").train_images[58315:58316], 1024)
     msg = gc.explain(net, x, 0)
     assert "unstable fixed point" in msg and "grows x2.00 per layer" in msg and "at layer 28 float32 has 0" in msg
+
+
+def test_a_network_too_large_for_memory_is_refused_before_it_is_built(monkeypatch):
+    monkeypatch.setattr(topology, "available_memory", lambda: 1 << 30)  # 1 GiB free
+    with pytest.raises(topology.TopologyTooLarge, match=r"1,024-neuron, 2,400-layer network has 78,643,200 "
+                                                        r"connections and would need about 1.3 GiB"):
+        challenge.network(1024, 2400)
+    challenge.check_memory(1024, 120)  # 3.9 million connections: 71 MB

@@ -174,3 +174,54 @@ def test_resume_removes_metrics_written_after_the_checkpoint(tmp_path):
     lines = [json.loads(l) for l in open(metrics)]
     assert [l["step"] for l in lines] == [10, 20] and lines[0] == straight[0]
     assert any("removed 2 line(s) written after step 10" in s for s in said)
+
+
+def test_two_outputs_naming_one_file_are_refused(tmp_path):
+    same = str(tmp_path / "out.json")
+    with pytest.raises(ValueError, match="--json and --csv name the same file"):
+        cli.check_output_paths({"json": same, "csv": same}, files=("json", "csv"))
+    with pytest.raises(ValueError, match="--json and --csv name the same file"):  # the same file by another name
+        cli.check_output_paths({"json": same, "csv": str(tmp_path / "sub" / ".." / "out.json")}, files=("json", "csv"))
+    cli.check_output_paths({"json": same, "csv": str(tmp_path / "out.csv")}, files=("json", "csv"))
+
+
+def test_an_output_may_not_write_over_an_input(tmp_path):
+    mask = tmp_path / "m.npz"
+    mask.write_bytes(b"x")
+    with pytest.raises(ValueError, match="--save .* would write over the --mask file"):
+        cli.check_output_paths({"save": str(mask), "mask": str(mask)}, files=("save",), inputs=("mask",))
+    cli.check_output_paths({"save": str(tmp_path / "run.npz"), "mask": str(mask)}, files=("save",), inputs=("mask",))
+
+
+def test_figure_paths_need_a_format_matplotlib_writes(tmp_path):
+    pytest.importorskip("matplotlib")
+    for bad in ("fig.xyz", "fig"):
+        with pytest.raises(ValueError, match="--plot .*matplotlib cannot write"):
+            cli.check_output_paths({"plot": str(tmp_path / bad)}, figures=("plot",))
+    for good in ("fig.png", "fig.PDF", "fig.svg"):
+        cli.check_output_paths({"plot": str(tmp_path / good)}, figures=("plot",))
+
+
+def test_run_main_turns_user_errors_into_one_line_and_exit_2(capsys):
+    def fails(exc):
+        raise exc
+
+    assert cli.run_main(fails, ValueError("--widths must be ...")) == 2
+    assert capsys.readouterr().err == "error: --widths must be ...\n"
+    assert cli.run_main(fails, FileNotFoundError("no such file: x.npz")) == 2
+    assert cli.run_main(fails, MemoryError("Unable to allocate 292. GiB for an array")) == 2
+    err = capsys.readouterr().err
+    assert "error: out of memory: Unable to allocate 292. GiB" in err and "Traceback" not in err
+    assert cli.run_main(fails, RuntimeError("no GPU"), errors=(RuntimeError,)) == 2
+    with pytest.raises(RuntimeError):  # not a user's error unless the script says so: a bug shows its traceback
+        cli.run_main(fails, RuntimeError("a bug"))
+    with pytest.raises(KeyError):
+        cli.run_main(fails, KeyError("a bug"))
+    assert cli.run_main(lambda a, b=0: a + b, 1, b=2) == 3
+
+
+def test_fit_refuses_a_batch_larger_than_the_training_set():
+    model = small_model()
+    opt = SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match=r"the batch \(501 images\) is larger than the training set \(500 images\)"):
+        fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=1, batch_size=501, seed=0, progress=False)

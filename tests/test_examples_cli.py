@@ -188,3 +188,36 @@ def test_bench_lenet5_times_every_part_of_a_convolution(tmp_path):
     # conv2 (sparse): patch by patch, so no patch matrix: the five parts of the other path are 0
     assert conv2["parts_ms"]["by patch"] > 0 and conv2["parts_ms"]["bwd patch"] > 0
     assert all(conv2["parts_ms"][k] == 0 for k in ("im2col", "W@cols", "dW", "W^T dy", "col2im"))
+
+
+def test_seeds_study_stops_on_a_failed_run_with_one_error_and_keeps_what_finished(tmp_path):
+    proc = no_traceback(run("lenet300_seeds.py", "--topologies", "dense", "--seeds", "0", "--out", tmp_path,
+                            "--", "--epochs", "0", timeout=120))
+    assert proc.returncode == 1
+    assert "error: the run of dense seed 0 failed (exit status 2" in proc.stderr
+    assert "argument --epochs: must be a positive integer" in proc.stderr  # the run's own error, passed through
+    assert json.load(open(tmp_path / "summary.json"))["results"] == {}
+
+
+@pytest.mark.parametrize("flag", ["--save", "--metrics", "--seed", "--topology"])
+def test_seeds_study_refuses_flags_it_sets_for_each_run(tmp_path, flag):
+    proc = no_traceback(run("lenet300_seeds.py", "--out", tmp_path, "--", flag, "x", timeout=60))
+    assert proc.returncode == 2 and f"{flag} after '--': this script sets it for each run" in proc.stderr
+
+
+def test_scaling_study_reports_a_broken_dataset_once(tmp_path):
+    real = os.path.join(data_env()["SPARSENN_DATA"], "mnist")
+    (tmp_path / "mnist").mkdir()
+    for name in os.listdir(real):  # every file cut short
+        with open(os.path.join(real, name), "rb") as f:
+            (tmp_path / "mnist" / name).write_bytes(f.read(1000))
+    proc = no_traceback(run("scale.py", "--quick", "--no-torch", "--data-dir", tmp_path, timeout=120))
+    assert proc.returncode == 2
+    assert proc.stderr.count("error:") == 1, proc.stderr
+
+
+def test_topology_save_into_a_directory_is_refused_before_building(tmp_path):
+    proc = no_traceback(subprocess.run([sys.executable, "-m", "sparsenn.topology", "radix", "--radices", "2,2",
+                                        "--save", str(tmp_path)], capture_output=True, text=True, timeout=60))
+    assert proc.returncode == 2 and "--save" in proc.stderr and "is a directory" in proc.stderr
+    assert proc.stdout == ""  # nothing was built and described first

@@ -429,3 +429,17 @@ def test_ablation_shows_the_dense_start_of_the_one_time_cells_without_training_m
     assert all(r[2]["paper"].kind == "dense" and r[2]["paper"].stage == "trained" for r in dense)
     keys = lambda rs: {run[0] for run in reproduce.needed_runs(study, rs, [0, 1, 2])}  # noqa: E731
     assert keys(dense) <= keys([r for r in rows if "one-time" in r[0][0]])
+
+
+def test_store_skips_lines_that_are_not_its_records(tmp_path, capsys):
+    store = reproduce.Store(str(tmp_path))
+    store.add("abc", [{"acc": 0.9}])
+    with open(store.path, "a") as f:  # someone else's lines: a metrics line, a list, a cut line
+        f.write(json.dumps({"kind": "epoch", "test_acc": 0.5}) + "\n[1, 2]\n{\"key\": \"d")
+    again = reproduce.Store(str(tmp_path))
+    assert "abc" in again and list(again.by_key) == ["abc"]
+    assert "skipped 2 line(s) that are not records of runs" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "runs.jsonl").mkdir()
+    with pytest.raises(ValueError, match="runs.jsonl: the store of runs is not a file"):
+        reproduce.Store(str(tmp_path / "other"))
