@@ -80,7 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
     p.add_argument("--warmup", type=cli.nonneg_int, default=DEFAULTS["warmup"],
                    help="steps of linear learning-rate warm-up (cosine schedule)")
-    p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
+    p.add_argument("--milestones", type=cli.nonneg_int, nargs="*", default=[10000, 20000],
                    help="steps at which the 'step' schedule halves the learning rate")
     p.add_argument("--weight-decay", type=cli.nonneg_float, default=DEFAULTS["weight_decay"])
     p.add_argument("--init-fan", choices=["actual", "dense"], default="actual",
@@ -98,6 +98,7 @@ def parse_args(argv=None):
                         "--save, --save-every and --metrics unless given again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    cli.check_milestones(p, args.milestones)
     if not 0 < args.density <= 1:
         p.error(f"--density must be in (0, 1], got {args.density}")
     return args, cli.given_flags(p, argv)

@@ -154,7 +154,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"])
     p.add_argument("--momentum", type=cli.nonneg_float, default=DEFAULTS["momentum"], help="0: plain SGD, else Nesterov")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default=DEFAULTS["schedule"])
-    p.add_argument("--milestones", type=int, nargs="*", default=[10000, 20000],
+    p.add_argument("--milestones", type=cli.nonneg_int, nargs="*", default=[10000, 20000],
                    help="steps at which the 'step' schedule halves the learning rate")
     p.add_argument("--warmup", type=cli.nonneg_int, default=None,
                    help="steps of linear warm-up of the cosine schedule (default: 200 for lenet5, 0 for lenet300)")
@@ -184,6 +184,7 @@ def parse_args(argv=None):
     p.add_argument("--verbose", action="store_true", help="print every epoch and pruning step")
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
+    cli.check_milestones(p, args.milestones)
     given = cli.given_flags(p, argv)
     vars(args).update(recipes.resolve(vars(args), given, MODELS[args.model]["dataset"]))
     if args.sparsities is None:

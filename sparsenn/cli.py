@@ -64,6 +64,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_milestones(parser: argparse.ArgumentParser, milestones) -> None:
+    """``--milestones`` (the steps at which the 'step' schedule lowers the learning rate) must
+    increase: refused at parsing, naming the flag, not when the schedule is built."""
+    if list(milestones) != sorted(set(milestones)):
+        parser.error(f"--milestones must be increasing step numbers, got {' '.join(map(str, milestones))}")
+
+
 def check_figure_path(path, flag: str = "--plot") -> None:
     """Raise ValueError naming ``flag`` unless matplotlib can write ``path``'s format (.png,
     .pdf, .svg, ...): checked before the work, not when the figure is drawn at its end. Does

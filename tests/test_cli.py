@@ -225,3 +225,13 @@ def test_fit_refuses_a_batch_larger_than_the_training_set():
     opt = SGD(model.parameters(), lr=0.05)
     with pytest.raises(ValueError, match=r"the batch \(501 images\) is larger than the training set \(500 images\)"):
         fit(model, small_problem(), opt, schedules.Constant(0.05), epochs=1, batch_size=501, seed=0, progress=False)
+
+
+def test_milestones_must_increase(capsys):
+    p = argparse.ArgumentParser()
+    cli.check_milestones(p, [10, 20])
+    cli.check_milestones(p, [])
+    for bad in ([5, 3], [4, 4]):
+        with pytest.raises(SystemExit):
+            cli.check_milestones(p, bad)
+        assert "--milestones must be increasing step numbers" in capsys.readouterr().err
