@@ -8,6 +8,9 @@ could serve every row of a group. Two ways, against the package's kernels, batch
 - weight gradient, the group's rows taken chunk by chunk: eight entries of each row of the
   group in turn, so the eight rows of x stay in L1 while the group's rows use them.
 
+Then what the package's forwards of both layers are of a whole training step (gather, forward,
+loss, backward, optimiser) of the RadiX LeNet-300-100 on MNIST, in the same process.
+
     python examples/results/group_rows_probe.py > examples/results/group_rows_probe.log
 """
 import time
@@ -16,7 +19,11 @@ import numpy as np
 from numba import njit, prange
 
 import sparsenn.backend_cpu as B
-from sparsenn import models
+from sparsenn import data, models
+from sparsenn.loss import SoftmaxCrossEntropy
+from sparsenn.optim import SGD
+from sparsenn.runtime import denormals_flushed
+from sparsenn.train import ArrayData, epoch_permutation
 from sparsenn.csr import CSRPattern
 from sparsenn.kernels import _dot16
 from sparsenn.runtime import describe_machine, machine_report
@@ -137,6 +144,42 @@ def main():
             times = [(median_us(package), median_us(grouped)) for _ in range(3)]
             print(f"  {what:16s} package " + " ".join(f"{t[0]:6.1f}" for t in times)
                   + "   grouped " + " ".join(f"{t[1]:6.1f}" for t in times) + " us")
+    step_share(batch)
+
+
+def step_share(batch=100, n=200):
+    """Median over rounds of (step us, [forward us of each sparse layer]) for the RadiX LeNet-300-100."""
+    arrays = ArrayData.from_dataset(data.load("mnist"))
+    model = models.lenet300("radix", np.random.default_rng(0))
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn, ops = SoftmaxCrossEntropy(), model.ops
+    x, y = B.empty((784, batch), np.float32), np.empty(batch, arrays.y_train.dtype)
+    perm = epoch_permutation(0, 0, len(arrays.x_train))
+    sparse = [layer for layer in model.layers if hasattr(layer, "pattern")]
+    xs = [B.empty((layer.pattern.shape[1], batch), np.float32) for layer in sparse]
+    outs = [B.empty((layer.pattern.shape[0], batch), np.float32) for layer in sparse]
+    for a in xs:
+        a[:] = np.random.default_rng(0).random(a.shape)
+
+    def steps():
+        t = time.perf_counter()
+        for b in range(n):
+            idx = perm[b * batch:(b + 1) * batch]
+            ops.gather_batch(arrays.x_train, idx, arrays.scale, arrays.shift, x)
+            ops.take(arrays.y_train, idx, y)
+            loss_fn.forward(model.forward(x), y)
+            model.backward(loss_fn.backward())
+            opt.step()
+        return (time.perf_counter() - t) / n * 1e6
+
+    with denormals_flushed():
+        steps()
+        for _ in range(4):
+            step = steps()
+            fwd = [median_us(lambda: B.spmm(layer.pattern, layer.weight.value, a, o), n)
+                   for layer, a, o in zip(sparse, xs, outs)]
+            print(f"training step {step:.0f} us; the forwards of fc1 and fc2 " + ", ".join(f"{v:.1f}" for v in fwd)
+                  + f" us: {sum(fwd) / step:.0%} of it")
 
 
 if __name__ == "__main__":
