@@ -397,11 +397,11 @@ def study(args, comm=None) -> int:
                     print(f"scale.py: error: {topology} model of width {width:,}: {e}", file=sys.stderr)
                 return 2
     records = []
-    # loaded here also when every run has its own process: a missing or broken dataset is then
-    # one error before the runs, not one traceback per run
+    # loaded here even without MPI, where every run loads its own in its own process: a missing
+    # or broken dataset is then one error before the runs, not one per run
     arrays = load_arrays(base)
     if comm is None:
-        arrays = None
+        arrays = None  # not kept in this process while the runs take the memory
 
     def add(rec):
         rec["machine"] = machine  # as read at the study's start

@@ -98,13 +98,13 @@ def check_output_paths(args, files=(), dirs=(), figures=(), inputs=(), parser: a
     get = args.get if isinstance(args, dict) else lambda k: getattr(args, k, None)
     try:
         seen = {}
-        for names, kind in ((files, "file"), (figures, "file"), (dirs, "dir")):
+        for names, kind, figure in ((files, "file", False), (figures, "file", True), (dirs, "dir", False)):
             for name in names:
                 path = get(name)
                 check_output_path(path, _flag(name), kind)
                 if path is None:
                     continue
-                if names is figures:
+                if figure:
                     check_figure_path(path, _flag(name))
                 key = os.path.realpath(os.fspath(path))
                 if key in seen:
@@ -113,8 +113,8 @@ def check_output_paths(args, files=(), dirs=(), figures=(), inputs=(), parser: a
                 seen[key] = _flag(name)
         for name in inputs:
             path = get(name)
-            if path is not None and os.path.realpath(os.fspath(path)) in seen:
-                out = seen[os.path.realpath(os.fspath(path))]
+            out = seen.get(os.path.realpath(os.fspath(path))) if path is not None else None
+            if out:
                 raise ValueError(f"{out} {path} would write over the {_flag(name)} file this run reads")
     except ValueError as e:
         if parser is None:

@@ -1396,6 +1396,8 @@ def _radix_lists_arg(text: str, repeat: int) -> list:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from sparsenn import cli  # the number types that name their flag
+
     parser = _Parser(
         prog="python -m sparsenn.topology",
         description="Generate sparse topologies (RadiX-Nets, LeNet-300-100 presets, X-Nets, "
@@ -1420,10 +1422,10 @@ def _build_parser() -> argparse.ArgumentParser:
                             "layer); breaks exact degree uniformity, see the table")
         p.add_argument("--save", metavar="FILE.npz",
                        help="save the masks with sparsenn.io.save_masks")
-        p.add_argument("--max-path-entries", type=int, default=MAX_PATH_ENTRIES, metavar="N",
+        p.add_argument("--max-path-entries", type=cli.nonneg_int, default=MAX_PATH_ENTRIES, metavar="N",
                        help="skip exact path counting when an intermediate path matrix has "
                             f"more than N entries (default {MAX_PATH_ENTRIES})")
-        p.add_argument("--max-path-work", type=float, default=MAX_PATH_WORK, metavar="W",
+        p.add_argument("--max-path-work", type=cli.nonneg_float, default=MAX_PATH_WORK, metavar="W",
                        help="skip exact path counting when it would take more than W word "
                             f"additions (default {MAX_PATH_WORK:.2g}, about 10 s)")
         if seed:
@@ -1549,10 +1551,6 @@ def main(argv=None) -> int:
             from sparsenn.io import check_output_path
 
             check_output_path(args.save, "--save")
-        for flag, value in (("--max-path-entries", getattr(args, "max_path_entries", 0)),
-                            ("--max-path-work", getattr(args, "max_path_work", 0))):
-            if not 0 <= value < float("inf"):  # NaN fails too
-                raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
         masks = _run(args)
         desc = describe(masks, max_entries=args.max_path_entries, max_work=args.max_path_work)
         print(format_description(desc))
